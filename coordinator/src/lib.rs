@@ -1,0 +1,1 @@
+//! The k3sfleet coordinator daemon and the k3sfleet CLI

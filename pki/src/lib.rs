@@ -1,0 +1,1 @@
+//! The fleet's PKI: CA and certificate issuance, identities, rustls configurations

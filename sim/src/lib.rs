@@ -1,0 +1,1 @@
+//! Simulated fleet: stand-in K3s hosts, the demo and the load generator
