@@ -10,4 +10,5 @@ pub mod duties;
 pub mod host;
 pub mod host_agent;
 pub mod journal;
+pub mod renewal;
 pub mod session;

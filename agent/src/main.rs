@@ -1,16 +1,18 @@
-//! `k3sfleet-agent`: the host agent daemon.
+//! `k3sfleet-agent`: the host agent daemon, and enrolling its host.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use k3sfleet_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
-use k3sfleet_agent::duties::Outbox;
 use k3sfleet_agent::host_agent::HostAgent;
 use k3sfleet_agent::journal::Journal;
+use k3sfleet_agent::renewal;
 use k3sfleet_agent::session::{self, Agent};
 use k3sfleet_daemon::{logging, shutdown, systemd};
+use k3sfleet_pki::{DialTarget, Fingerprint, Role, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 /// The k3sfleet host agent: manages K3s on this host and reports to the coordinator.
@@ -29,6 +31,37 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "K3SFLEET_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Join the fleet with a bootstrap token: generate this host's key (it never
+    /// leaves the host), get a certificate for the node name, and write key,
+    /// certificate and fleet CA where the config's [tls] section says.
+    ///
+    /// Pass the token in a file or on stdin (--token-file -): a --token flag
+    /// shows in process listings.
+    Enroll {
+        /// Configuration file (its [tls] paths receive the files)
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "K3SFLEET_AGENT_CONFIG")]
+        config: PathBuf,
+        /// Coordinator address [default: coordinator.address from the config]
+        #[arg(long, value_name = "HOST:PORT")]
+        coordinator: Option<String>,
+        /// Node name [default: node_name from the config, else the host name]
+        #[arg(long)]
+        name: Option<String>,
+        /// File holding the token, or - for stdin
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "token",
+            required_unless_present = "token"
+        )]
+        token_file: Option<PathBuf>,
+        /// The token itself (visible in process listings; prefer --token-file)
+        #[arg(long)]
+        token: Option<String>,
+        /// Fingerprint of the fleet CA, as `k3sfleet-coordinator ca init` printed it
+        #[arg(long)]
+        ca_fingerprint: Fingerprint,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +70,14 @@ fn main() -> ExitCode {
         config: PathBuf::from(DEFAULT_CONFIG_PATH),
     }) {
         Command::Run { config } => run_daemon(config),
+        Command::Enroll {
+            config,
+            coordinator,
+            name,
+            token_file,
+            token,
+            ca_fingerprint,
+        } => enroll(config, coordinator, name, token_file, token, ca_fingerprint),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,14 +107,14 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     let journal = Journal::open(&config.state_dir)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let config = std::sync::Arc::new(config);
-        let agent = Agent {
-            duties: HostAgent::new(&config),
-            config: config.clone(),
-            journal: std::sync::Arc::new(journal),
-            outbox: std::sync::Arc::new(Outbox::default()),
-        };
+        let config = Arc::new(config);
+        let agent = Agent::new(config.clone(), HostAgent::new(&config), Arc::new(journal));
         let stop = CancellationToken::new();
+        let renewal = tokio::spawn(renewal::keep_renewed(
+            config.clone(),
+            agent.reconnect_handle(),
+            stop.clone(),
+        ));
         let session = tokio::spawn(agent.run(stop.clone()));
         systemd::notify_ready(&format!(
             "node {node_name}, coordinator {}",
@@ -85,7 +126,60 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
         tracing::info!(signal, "shutting down");
         systemd::notify_stopping();
         stop.cancel();
-        let _ = session.await;
+        let _ = tokio::join!(session, renewal);
         Ok(())
     })
+}
+
+fn enroll(
+    config_path: PathBuf,
+    coordinator: Option<String>,
+    name: Option<String>,
+    token_file: Option<PathBuf>,
+    token: Option<String>,
+    pin: Fingerprint,
+) -> anyhow::Result<()> {
+    let config = AgentConfig::load_settings(&config_path)?;
+    let token = match (token_file, token) {
+        (Some(path), _) => k3sfleet_daemon::secret::read_secret(&path, "token")?,
+        (None, Some(token)) => token,
+        (None, None) => anyhow::bail!("pass --token-file FILE (or - for stdin)"),
+    };
+    let name = match name.or(config.node_name.clone()) {
+        Some(name) => name,
+        None => nix::unistd::gethostname()
+            .context("reading the host name; pass --name")?
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; pass --name"))?,
+    };
+    let mut target =
+        DialTarget::new(coordinator.unwrap_or_else(|| config.coordinator.address.clone()));
+    target.server_name = config.coordinator.server_name.clone();
+    let files = TlsFiles {
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let enrollment = runtime
+        .block_on(k3sfleet_pki::enroll(
+            &target,
+            pin,
+            &token,
+            &name,
+            Role::Agent,
+        ))
+        .with_context(|| format!("enrolling {name} at {}", target.address))?;
+    k3sfleet_pki::install(&files, &enrollment)?;
+    println!(
+        "enrolled node {name}: certificate {} (serial {}), key {}, fleet CA {}",
+        files.cert.display(),
+        enrollment.serial,
+        files.key.display(),
+        files.ca.display()
+    );
+    Ok(())
 }

@@ -126,7 +126,7 @@ impl LocalFleet {
         write_pair(
             &pki,
             "coordinator",
-            &server.cert_pem,
+            &ca.chain_pem(&server.cert_pem),
             server.key_pem.as_deref(),
         )?;
 

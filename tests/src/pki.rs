@@ -31,7 +31,7 @@ impl TestPki {
                 validity: Duration::from_secs(24 * 3600),
             })
             .unwrap();
-        std::fs::write(dir.join("coordinator.crt"), &server.cert_pem).unwrap();
+        std::fs::write(dir.join("coordinator.crt"), ca.chain_pem(&server.cert_pem)).unwrap();
         k3sfleet_pki::write_private_file(
             &dir.join("coordinator.key"),
             server.key_pem.as_deref().unwrap(),
@@ -42,6 +42,11 @@ impl TestPki {
             dir: dir.to_owned(),
             ca,
         }
+    }
+
+    /// The CA fingerprint agents pin when enrolling.
+    pub fn fingerprint(&self) -> String {
+        self.ca.fingerprint().to_string()
     }
 
     pub fn ca_cert(&self) -> PathBuf {
@@ -57,12 +62,17 @@ impl TestPki {
 
     /// Issues a client certificate for `name` with `role`.
     pub fn issue(&self, role: Role, name: &str) -> CertFiles {
+        self.issue_valid_for(role, name, Duration::from_secs(24 * 3600))
+    }
+
+    /// Issues a client certificate valid for `validity` from now.
+    pub fn issue_valid_for(&self, role: Role, name: &str, validity: Duration) -> CertFiles {
         let issued = self
             .ca
             .issue_client(&ClientCertRequest {
                 name: name.into(),
                 role,
-                validity: Duration::from_secs(24 * 3600),
+                validity,
             })
             .unwrap();
         let files = CertFiles {

@@ -150,11 +150,12 @@ impl CoordinatorProcess {
             &config,
             format!(
                 "listen = \"{addr}\"\ndata_dir = \"{}\"\nreport_flush_interval = \"200ms\"\n{extra_config}\n\
-                 [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                 [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nca_key = \"{}\"\n",
                 data_dir.display(),
                 pki.ca_cert().display(),
                 server.cert.display(),
-                server.key.display()
+                server.key.display(),
+                pki.dir.join("ca.key").display()
             ),
         )
         .unwrap();
@@ -200,13 +201,77 @@ fn spawn_coordinator(config: &Path, addr: SocketAddr, log: &Path) -> Daemon {
     daemon
 }
 
-/// An agent process with its own config, state directory and host root.
-pub struct AgentProcess {
-    pub daemon: Daemon,
+/// An agent's directory: config, TLS files, state and host root. The
+/// certificate files may not exist yet (for enrollment tests).
+#[derive(Debug, Clone)]
+pub struct AgentHome {
     pub name: String,
+    pub dir: PathBuf,
     pub config: PathBuf,
+    pub tls: CertFiles,
+    pub ca: PathBuf,
     pub host_root: PathBuf,
     pub state_dir: PathBuf,
+}
+
+impl AgentHome {
+    /// Writes the agent's config into `<dir>/agent-<name>/`.
+    pub fn create(dir: &Path, coordinator: SocketAddr, spec: &AgentSpec<'_>) -> AgentHome {
+        let home = dir.join(format!("agent-{}", spec.name));
+        let host_root = home.join("host");
+        let state_dir = home.join("state");
+        std::fs::create_dir_all(&host_root).unwrap();
+        let tls = CertFiles {
+            cert: home.join("pki/agent.crt"),
+            key: home.join("pki/agent.key"),
+        };
+        let ca = home.join("pki/ca.crt");
+        let config = home.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "role = \"{role}\"\nstate_dir = \"{state}\"\n\n\
+                 [coordinator]\naddress = \"{coordinator}\"\nmax_reconnect_delay = \"2s\"\n\n\
+                 [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+                 [report]\ninterval = \"{interval}\"\n\n\
+                 [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+                 [host]\nroot = \"{root}\"\n\n{extra}\n",
+                role = spec.role,
+                state = state_dir.display(),
+                ca = ca.display(),
+                cert = tls.cert.display(),
+                key = tls.key.display(),
+                interval = spec.report_interval,
+                root = host_root.display(),
+                extra = spec.extra_config,
+            ),
+        )
+        .unwrap();
+        AgentHome {
+            name: spec.name.to_string(),
+            dir: home,
+            config,
+            tls,
+            ca,
+            host_root,
+            state_dir,
+        }
+    }
+
+    /// Puts a certificate issued directly by the test CA in place.
+    pub fn install_certificate(&self, pki: &TestPki) {
+        let issued = pki.issue(k3sfleet_pki::Role::Agent, &self.name);
+        std::fs::create_dir_all(self.tls.cert.parent().unwrap()).unwrap();
+        std::fs::copy(&issued.cert, &self.tls.cert).unwrap();
+        std::fs::copy(&issued.key, &self.tls.key).unwrap();
+        std::fs::copy(pki.ca_cert(), &self.ca).unwrap();
+    }
+}
+
+/// An agent process.
+pub struct AgentProcess {
+    pub daemon: Daemon,
+    pub home: AgentHome,
 }
 
 /// How to configure a test agent.
@@ -231,35 +296,29 @@ impl<'a> AgentSpec<'a> {
 }
 
 impl AgentProcess {
+    /// Creates the agent's home with a certificate from the test CA and starts it.
     pub fn start(
         dir: &Path,
         pki: &TestPki,
         coordinator: SocketAddr,
         spec: AgentSpec<'_>,
     ) -> AgentProcess {
-        let home = dir.join(format!("agent-{}", spec.name));
-        let host_root = home.join("host");
-        let state_dir = home.join("state");
-        std::fs::create_dir_all(&host_root).unwrap();
-        let files = pki.issue(k3sfleet_pki::Role::Agent, spec.name);
-        let config = home.join("agent.toml");
-        std::fs::write(
-            &config,
-            agent_config(pki, &files, coordinator, &spec, &host_root, &state_dir),
-        )
-        .unwrap();
+        let home = AgentHome::create(dir, coordinator, &spec);
+        home.install_certificate(pki);
+        AgentProcess::spawn(home)
+    }
+
+    /// Starts an agent from an existing home.
+    pub fn spawn(home: AgentHome) -> AgentProcess {
         let mut command = Command::new(bin("k3sfleet-agent"));
-        command.arg("run").arg("--config").arg(&config);
+        command.arg("run").arg("--config").arg(&home.config);
         AgentProcess {
             daemon: Daemon::spawn(
-                &format!("agent {}", spec.name),
+                &format!("agent {}", home.name),
                 command,
-                home.join("agent.log"),
+                home.dir.join("agent.log"),
             ),
-            name: spec.name.to_string(),
-            config,
-            host_root,
-            state_dir,
+            home,
         }
     }
 
@@ -267,38 +326,11 @@ impl AgentProcess {
     pub fn restart(&mut self) {
         self.daemon.kill();
         let mut command = Command::new(bin("k3sfleet-agent"));
-        command.arg("run").arg("--config").arg(&self.config);
+        command.arg("run").arg("--config").arg(&self.home.config);
         let log = self.daemon.log.clone();
         self.daemon = Daemon::spawn(&self.daemon.name.clone(), command, log);
     }
 }
-
-fn agent_config(
-    pki: &TestPki,
-    files: &CertFiles,
-    coordinator: SocketAddr,
-    spec: &AgentSpec<'_>,
-    host_root: &Path,
-    state_dir: &Path,
-) -> String {
-    format!(
-        "role = \"{role}\"\nstate_dir = \"{state}\"\n\n\
-         [coordinator]\naddress = \"{coordinator}\"\nmax_reconnect_delay = \"2s\"\n\n\
-         [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
-         [report]\ninterval = \"{interval}\"\n\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
-         [host]\nroot = \"{root}\"\n\n{extra}\n",
-        role = spec.role,
-        state = state_dir.display(),
-        ca = pki.ca_cert().display(),
-        cert = files.cert.display(),
-        key = files.key.display(),
-        interval = spec.report_interval,
-        root = host_root.display(),
-        extra = spec.extra_config,
-    )
-}
-
 /// The `k3sfleet` CLI with a given identity.
 pub struct Cli {
     pub coordinator: SocketAddr,

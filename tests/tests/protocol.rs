@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k3sfleet_agent::config::AgentConfig;
-use k3sfleet_agent::duties::{HostDuties, Outbox, ProgressSink};
+use k3sfleet_agent::duties::{HostDuties, ProgressSink};
 use k3sfleet_agent::host::HostFacts;
 use k3sfleet_agent::journal::Journal;
 use k3sfleet_agent::session::Agent;
@@ -91,12 +91,8 @@ impl InProcessAgent {
         )
         .unwrap();
         let config = Arc::new(AgentConfig::load(&config_path).unwrap());
-        let agent = Agent {
-            journal: Arc::new(Journal::open(&config.state_dir).unwrap()),
-            config,
-            duties: duties.clone(),
-            outbox: Arc::new(Outbox::default()),
-        };
+        let journal = Arc::new(Journal::open(&config.state_dir).unwrap());
+        let agent = Agent::new(config, duties.clone(), journal);
         let stop = CancellationToken::new();
         let task = tokio::spawn(agent.run(stop.clone()));
         InProcessAgent { duties, stop, task }
