@@ -12,8 +12,8 @@ use tokio::sync::broadcast;
 
 use crate::kinds::Kind;
 
-/// Events kept per kind for watch resumption.
-const HISTORY_CAPACITY: usize = 2000;
+/// Events kept per kind for watch resumption, unless the scenario says otherwise.
+pub const DEFAULT_HISTORY: usize = 2000;
 /// Events buffered per live watcher before it is cut off (it then re-watches from its last RV).
 const FANOUT_CAPACITY: usize = 4096;
 
@@ -58,6 +58,7 @@ pub fn key_of<K: Kind>(obj: &K) -> Key {
 pub struct Store<K> {
     objects: BTreeMap<Key, Arc<K>>,
     history: VecDeque<Arc<Event<K>>>,
+    history_capacity: usize,
     /// Watches from a resourceVersion below this cannot be served (410 Gone).
     oldest_resumable_rv: u64,
     fanout: broadcast::Sender<Arc<Event<K>>>,
@@ -65,16 +66,22 @@ pub struct Store<K> {
 
 impl<K: Kind> Default for Store<K> {
     fn default() -> Self {
-        Self {
-            objects: BTreeMap::new(),
-            history: VecDeque::new(),
-            oldest_resumable_rv: 0,
-            fanout: broadcast::channel(FANOUT_CAPACITY).0,
-        }
+        Self::with_history(DEFAULT_HISTORY)
     }
 }
 
 impl<K: Kind> Store<K> {
+    /// A store that keeps the last `history_capacity` events (at least one) for resumption.
+    pub fn with_history(history_capacity: usize) -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            history_capacity: history_capacity.max(1),
+            oldest_resumable_rv: 0,
+            fanout: broadcast::channel(FANOUT_CAPACITY).0,
+        }
+    }
+
     pub fn get(&self, namespace: &str, name: &str) -> Option<&Arc<K>> {
         self.objects.get(&(namespace.to_owned(), name.to_owned()))
     }
@@ -137,7 +144,7 @@ impl<K: Kind> Store<K> {
 
     fn record(&mut self, event: Event<K>) {
         let event = Arc::new(event);
-        if self.history.len() == HISTORY_CAPACITY
+        if self.history.len() >= self.history_capacity
             && let Some(dropped) = self.history.pop_front()
         {
             self.oldest_resumable_rv = dropped.rv;
@@ -209,14 +216,14 @@ mod tests {
 
     #[test]
     fn too_old_resource_version_cannot_resume() {
-        let mut store = Store::<Node>::default();
-        for rv in 1..=(HISTORY_CAPACITY as u64 + 10) {
+        let mut store = Store::<Node>::with_history(100);
+        for rv in 1..=110 {
             store.put(node("a"), rv);
         }
         assert_eq!(store.oldest_resumable_rv(), 10);
         assert!(store.watch_from(9).is_none());
         let (replay, _) = store.watch_from(10).unwrap();
-        assert_eq!(replay.len(), HISTORY_CAPACITY);
+        assert_eq!(replay.len(), 100);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct ClusterConfig {
     pub kubernetes_version: String,
     pub timings: Timings,
     pub scale: TimeScale,
+    /// Events kept per kind for watch resumption.
+    pub watch_history: usize,
 }
 
 #[derive(Debug)]
@@ -53,14 +55,14 @@ impl Cluster {
     pub fn new(config: ClusterConfig, seed: u64) -> Self {
         Self {
             rv: 0,
-            nodes: Store::default(),
-            pods: Store::default(),
-            pdbs: Store::default(),
-            namespaces: Store::default(),
-            deployments: Store::default(),
-            replicasets: Store::default(),
-            statefulsets: Store::default(),
-            daemonsets: Store::default(),
+            nodes: Store::with_history(config.watch_history),
+            pods: Store::with_history(config.watch_history),
+            pdbs: Store::with_history(config.watch_history),
+            namespaces: Store::with_history(config.watch_history),
+            deployments: Store::with_history(config.watch_history),
+            replicasets: Store::with_history(config.watch_history),
+            statefulsets: Store::with_history(config.watch_history),
+            daemonsets: Store::with_history(config.watch_history),
             sim: SimState::default(),
             config,
             stats: Stats::default(),

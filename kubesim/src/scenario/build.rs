@@ -31,6 +31,7 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
         kubernetes_version: scenario.cluster.kubernetes_version.clone(),
         timings: scenario.timings.clone(),
         scale: scenario.time_scale(),
+        watch_history: scenario.cluster.watch_history,
     };
     let mut cluster = Cluster::new(config, scenario.cluster.seed);
     cluster.sim.bootstrapping = true;

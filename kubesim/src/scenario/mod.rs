@@ -105,6 +105,9 @@ pub struct ClusterSection {
     /// Wall seconds between watch bookmarks (when clients allow them).
     #[serde(default = "default_bookmark_interval")]
     pub bookmark_interval: f64,
+    /// Events kept per kind; watches from older resourceVersions get 410 Gone.
+    #[serde(default = "default_watch_history")]
+    pub watch_history: usize,
 }
 
 impl Default for ClusterSection {
@@ -114,6 +117,7 @@ impl Default for ClusterSection {
             time_scale: 1.0,
             seed: 1,
             bookmark_interval: default_bookmark_interval(),
+            watch_history: default_watch_history(),
         }
     }
 }
@@ -303,6 +307,9 @@ fn yes() -> bool {
 }
 fn default_bookmark_interval() -> f64 {
     10.0
+}
+fn default_watch_history() -> usize {
+    crate::store::DEFAULT_HISTORY
 }
 fn default_replacement_delay() -> f64 {
     5.0

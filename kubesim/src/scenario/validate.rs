@@ -85,6 +85,9 @@ pub(super) fn validate(s: &Scenario, origin: &str) -> Result<(), ScenarioError> 
             "must be a positive number of seconds",
         ));
     }
+    if s.cluster.watch_history == 0 {
+        return Err(c.fail("cluster.watch_history", 0, "must keep at least one event"));
+    }
     if !s.cluster.kubernetes_version.starts_with('v') {
         return Err(c.fail(
             "cluster.kubernetes_version",
