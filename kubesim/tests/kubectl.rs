@@ -50,8 +50,12 @@ struct Cli {
 impl Cli {
     fn new(which: Kubectl, sim: &Running) -> Self {
         let home = tempfile::tempdir().expect("temp home");
-        sim.write_kubeconfig(&home.path().join("kubeconfig")).expect("kubeconfig");
-        Self { binary: which.path(), home }
+        sim.write_kubeconfig(&home.path().join("kubeconfig"))
+            .expect("kubeconfig");
+        Self {
+            binary: which.path(),
+            home,
+        }
     }
 
     async fn run(&self, args: &[&str]) -> Output {
@@ -76,13 +80,22 @@ impl Cli {
         let out = self.run(args).await;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "kubectl {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
         (stdout, stderr)
     }
 }
 
 fn header(table: &str) -> Vec<&str> {
-    table.lines().next().unwrap_or_default().split_whitespace().collect()
+    table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect()
 }
 
 fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
@@ -98,32 +111,80 @@ async fn get_and_cordon(which: Kubectl) {
     let cli = Cli::new(which, &sim);
 
     let (nodes, stderr) = cli.ok(&["get", "nodes"]).await;
-    assert_eq!(header(&nodes), ["NAME", "STATUS", "ROLES", "AGE", "VERSION"], "{nodes}");
+    assert_eq!(
+        header(&nodes),
+        ["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        "{nodes}"
+    );
     assert_eq!(nodes.lines().count(), 1 + 18, "{nodes}");
     let server = row(&nodes, "server-1");
     assert_eq!((server[1], server[4]), ("Ready", "v1.33.5+k3s1"));
-    assert!(server[2].contains("control-plane") && server[2].contains("etcd"), "{nodes}");
-    assert!(!stderr.to_lowercase().contains("error"), "kubectl complained: {stderr}");
+    assert!(
+        server[2].contains("control-plane") && server[2].contains("etcd"),
+        "{nodes}"
+    );
+    assert!(
+        !stderr.to_lowercase().contains("error"),
+        "kubectl complained: {stderr}"
+    );
 
     let (pods, _) = cli.ok(&["get", "pods", "-A"]).await;
-    assert_eq!(header(&pods), ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{pods}");
+    assert_eq!(
+        header(&pods),
+        ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "{pods}"
+    );
     let pod_count = sim.inspect(|c| c.pods.len());
     assert_eq!(pods.lines().count(), 1 + pod_count, "{pods}");
     assert_eq!(row(&pods, "billing").len(), 6);
-    let completed = pods.lines().find(|l| l.contains("migrate-2024-11")).expect("finished pod listed");
+    let completed = pods
+        .lines()
+        .find(|l| l.contains("migrate-2024-11"))
+        .expect("finished pod listed");
     assert!(completed.contains("Completed"), "{completed}");
 
     let (pdbs, _) = cli.ok(&["get", "pdb", "-n", "shop"]).await;
-    assert_eq!(header(&pdbs), ["NAME", "MIN", "AVAILABLE", "MAX", "UNAVAILABLE", "ALLOWED", "DISRUPTIONS", "AGE"], "{pdbs}");
+    assert_eq!(
+        header(&pdbs),
+        [
+            "NAME",
+            "MIN",
+            "AVAILABLE",
+            "MAX",
+            "UNAVAILABLE",
+            "ALLOWED",
+            "DISRUPTIONS",
+            "AGE"
+        ],
+        "{pdbs}"
+    );
     assert_eq!(row(&pdbs, "cart")[1..4], ["2", "N/A", "1"]);
 
     cli.ok(&["cordon", "worker-04"]).await;
-    assert!(sim.inspect(|c| c.nodes.get("", "worker-04").unwrap().spec.as_ref().unwrap().unschedulable == Some(true)));
+    assert!(sim.inspect(|c| {
+        c.nodes
+            .get("", "worker-04")
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .unschedulable
+            == Some(true)
+    }));
     let (nodes, _) = cli.ok(&["get", "nodes"]).await;
     assert_eq!(row(&nodes, "worker-04")[1], "Ready,SchedulingDisabled");
 
     cli.ok(&["uncordon", "worker-04"]).await;
-    assert!(sim.inspect(|c| c.nodes.get("", "worker-04").unwrap().spec.as_ref().unwrap().unschedulable != Some(true)));
+    assert!(sim.inspect(|c| {
+        c.nodes
+            .get("", "worker-04")
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .unschedulable
+            != Some(true)
+    }));
     let (nodes, _) = cli.ok(&["get", "nodes", "worker-04"]).await;
     assert_eq!(row(&nodes, "worker-04")[1], "Ready");
     sim.shutdown().await;
@@ -135,24 +196,64 @@ async fn drain_waits_for_budget(which: Kubectl) {
     let sim = start(&scenario_file("drain-blocked.toml")).await;
     let cli = Cli::new(which, &sim);
     let on_node = pods_on(&sim, "worker-1");
-    assert_eq!(on_node.iter().filter(|p| p.starts_with("web-")).count(), 2, "precondition: {on_node:?}");
-    assert!(on_node.iter().any(|p| p.starts_with("node-agent-")), "{on_node:?}");
+    assert_eq!(
+        on_node.iter().filter(|p| p.starts_with("web-")).count(),
+        2,
+        "precondition: {on_node:?}"
+    );
+    assert!(
+        on_node.iter().any(|p| p.starts_with("node-agent-")),
+        "{on_node:?}"
+    );
 
-    let (stdout, stderr) = cli.ok(&["drain", "worker-1", "--ignore-daemonsets", "--delete-emptydir-data"]).await;
+    let (stdout, stderr) = cli
+        .ok(&[
+            "drain",
+            "worker-1",
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+        ])
+        .await;
     let output = format!("{stdout}{stderr}");
-    assert!(output.contains("Cannot evict pod as it would violate the pod's disruption budget."), "{output}");
+    assert!(
+        output.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{output}"
+    );
 
     let stats = sim.stats();
-    assert!(stats.evictions_refused.get("shop/web").copied().unwrap_or(0) >= 1, "{stats:?}");
+    assert!(
+        stats
+            .evictions_refused
+            .get("shop/web")
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "{stats:?}"
+    );
     assert_eq!(stats.pdb_violations, 0, "{:?}", stats.violations);
     assert!(stats.evictions_accepted >= 4, "{stats:?}");
 
-    let unschedulable = sim.inspect(|c| c.nodes.get("", "worker-1").unwrap().spec.as_ref().unwrap().unschedulable);
+    let unschedulable = sim.inspect(|c| {
+        c.nodes
+            .get("", "worker-1")
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .unschedulable
+    });
     assert_eq!(unschedulable, Some(true));
     let left = pods_on(&sim, "worker-1");
-    assert!(!left.is_empty() && left.iter().all(|p| p.starts_with("node-agent-")), "left on worker-1: {left:?}");
+    assert!(
+        !left.is_empty() && left.iter().all(|p| p.starts_with("node-agent-")),
+        "left on worker-1: {left:?}"
+    );
     // The StatefulSet pod came back under its name, elsewhere.
-    let db2_node = sim.inspect(|c| c.pods.get("shop", "db-2").map(|p| p.spec.clone().unwrap().node_name));
+    let db2_node = sim.inspect(|c| {
+        c.pods
+            .get("shop", "db-2")
+            .map(|p| p.spec.clone().unwrap().node_name)
+    });
     assert!(matches!(db2_node, None | Some(Some(_))) && db2_node != Some(Some("worker-1".into())));
     sim.shutdown().await;
 }
@@ -184,14 +285,23 @@ async fn current_kubectl_falls_back_from_aggregated_discovery() {
     let sim = start(&scenario_file("drain-blocked.toml")).await;
     let cli = Cli::new(Kubectl::Current, &sim);
     let (stdout, stderr) = cli.ok(&["get", "pdb", "-A", "-v=7"]).await;
-    assert!(stderr.contains("as=APIGroupDiscoveryList"), "kubectl did not ask for aggregated discovery:\n{stderr}");
-    assert!(stderr.contains("/apis/policy/v1?") || stderr.contains("/apis/policy/v1 "), "no legacy discovery:\n{stderr}");
+    assert!(
+        stderr.contains("as=APIGroupDiscoveryList"),
+        "kubectl did not ask for aggregated discovery:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("/apis/policy/v1?") || stderr.contains("/apis/policy/v1 "),
+        "no legacy discovery:\n{stderr}"
+    );
     // klog lines start with a severity letter and the date: E1124 / W0309.
     let complaint = stderr.lines().find(|l| {
         let mut chars = l.chars();
         matches!(chars.next(), Some('E' | 'W')) && chars.take(4).all(|c| c.is_ascii_digit())
     });
-    assert!(complaint.is_none(), "kubectl logged errors or warnings:\n{stderr}");
+    assert!(
+        complaint.is_none(),
+        "kubectl logged errors or warnings:\n{stderr}"
+    );
     assert!(stdout.contains("web"), "{stdout}");
     sim.shutdown().await;
 }

@@ -84,13 +84,18 @@ pub fn pick_node<'a>(
         .min_by_key(|name| (load.get(name).copied().unwrap_or(0), name.clone()))
 }
 
-fn creating(container: &k8s_openapi::api::core::v1::Container) -> k8s_openapi::api::core::v1::ContainerStatus {
+fn creating(
+    container: &k8s_openapi::api::core::v1::Container,
+) -> k8s_openapi::api::core::v1::ContainerStatus {
     use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus};
     ContainerStatus {
         name: container.name.clone(),
         image: container.image.clone().unwrap_or_default(),
         state: Some(ContainerState {
-            waiting: Some(ContainerStateWaiting { reason: Some("ContainerCreating".into()), message: None }),
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("ContainerCreating".into()),
+                message: None,
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -122,9 +127,15 @@ pub(super) fn schedule(cluster: &mut Cluster, now: &Now) -> bool {
                 *load.entry(node.clone()).or_default() += 1;
                 updated.spec.get_or_insert_with(Default::default).node_name = Some(node);
                 // What the kubelet reports while it pulls images and starts containers.
-                let containers = updated.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
-                updated.status.get_or_insert_with(Default::default).container_statuses =
-                    Some(containers.iter().map(creating).collect());
+                let containers = updated
+                    .spec
+                    .as_ref()
+                    .map(|s| s.containers.clone())
+                    .unwrap_or_default();
+                updated
+                    .status
+                    .get_or_insert_with(Default::default)
+                    .container_statuses = Some(containers.iter().map(creating).collect());
                 PodCondition {
                     type_: "PodScheduled".into(),
                     status: "True".into(),

@@ -13,7 +13,10 @@ use serde_json::Value;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crate is inside the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("crate is inside the workspace")
+        .to_owned()
 }
 
 pub fn scenario_file(name: &str) -> Scenario {
@@ -22,15 +25,22 @@ pub fn scenario_file(name: &str) -> Scenario {
 }
 
 pub fn scenario(toml: &str) -> Scenario {
-    Scenario::from_toml(toml, "test scenario").unwrap_or_else(|e| panic!("{e}: {:?}", std::error::Error::source(&e)))
+    Scenario::from_toml(toml, "test scenario")
+        .unwrap_or_else(|e| panic!("{e}: {:?}", std::error::Error::source(&e)))
 }
 
 pub async fn start(scenario: &Scenario) -> Running {
-    KubeSim::start(scenario, "127.0.0.1:0").await.expect("simulator starts")
+    KubeSim::start(scenario, "127.0.0.1:0")
+        .await
+        .expect("simulator starts")
 }
 
+/// A kube-rs client for the simulator. kube's default client silently retries 429s (up to 15
+/// times, backing off to minutes), which would hide refused evictions: turned off here, as a
+/// drain engine must.
 pub fn client(sim: &Running) -> kube::Client {
-    let config = kube::Config::new(sim.url().parse().expect("valid url"));
+    let mut config = kube::Config::new(sim.url().parse().expect("valid url"));
+    config.default_retry = false;
     kube::Client::try_from(config).expect("kube client")
 }
 
@@ -45,7 +55,10 @@ where
         if check().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -57,13 +70,24 @@ pub struct Reply {
     pub body: Value,
 }
 
-pub async fn request(client: &kube::Client, method: &str, path: &str, headers: &[(&str, &str)], body: Option<String>) -> Reply {
+pub async fn request(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> Reply {
     let mut builder = http::Request::builder().method(method).uri(path);
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let request = builder.body(body.map(|b| b.into_bytes()).unwrap_or_default()).expect("request");
-    let response = client.send(request.map(kube::client::Body::from)).await.expect("http exchange");
+    let request = builder
+        .body(body.map(|b| b.into_bytes()).unwrap_or_default())
+        .expect("request");
+    let response = client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .expect("http exchange");
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -71,9 +95,19 @@ pub async fn request(client: &kube::Client, method: &str, path: &str, headers: &
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Reply { status, content_type, body }
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Reply {
+        status,
+        content_type,
+        body,
+    }
 }
 
 pub async fn get(client: &kube::Client, path: &str) -> Reply {
@@ -81,7 +115,14 @@ pub async fn get(client: &kube::Client, path: &str) -> Reply {
 }
 
 pub async fn post_json(client: &kube::Client, path: &str, body: &Value) -> Reply {
-    request(client, "POST", path, &[("content-type", "application/json")], Some(body.to_string())).await
+    request(
+        client,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        Some(body.to_string()),
+    )
+    .await
 }
 
 pub fn eviction(name: &str, namespace: &str, api_version: &str) -> Value {
