@@ -22,11 +22,18 @@ pub struct ApiError {
     /// Empty for statuses the real server sends without a reason (e.g. the 500 for several PDBs).
     pub reason: &'static str,
     pub message: String,
-    pub name: Option<String>,
-    pub group: Option<String>,
-    pub kind: Option<String>,
-    pub causes: Vec<Cause>,
-    pub retry_after_seconds: Option<u32>,
+    /// Boxed: errors travel in every `Result` of the request path and should stay small.
+    details: Box<Details>,
+}
+
+/// `Status.details`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Details {
+    name: Option<String>,
+    group: Option<String>,
+    kind: Option<String>,
+    causes: Vec<Cause>,
+    retry_after_seconds: Option<u32>,
 }
 
 /// The identity of the object an error is about: plural resource, API group, name.
@@ -54,19 +61,23 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: Vec::new(),
-            retry_after_seconds: None,
+            details: Box::default(),
         }
     }
 
     fn about(mut self, obj: ObjectRef<'_>) -> Self {
-        self.name = Some(obj.name.to_owned());
-        self.group = Some(obj.group.to_owned());
-        self.kind = Some(obj.plural.to_owned());
+        self.details.name = Some(obj.name.to_owned());
+        self.details.group = Some(obj.group.to_owned());
+        self.details.kind = Some(obj.plural.to_owned());
         self
+    }
+
+    pub fn causes(&self) -> &[Cause] {
+        &self.details.causes
+    }
+
+    pub fn retry_after_seconds(&self) -> Option<u32> {
+        self.details.retry_after_seconds
     }
 
     pub fn not_found(obj: ObjectRef<'_>) -> Self {
@@ -117,8 +128,8 @@ impl ApiError {
             format!("{kind} \"{}\" is invalid: {detail}", obj.name),
         )
         .about(obj);
-        err.kind = Some(kind.to_owned());
-        err.causes = causes;
+        err.details.kind = Some(kind.to_owned());
+        err.details.causes = causes;
         err
     }
 
@@ -161,7 +172,7 @@ impl ApiError {
 
     pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u32) -> Self {
         let mut err = Self::new(429, "TooManyRequests", message);
-        err.retry_after_seconds = (retry_after_seconds > 0).then_some(retry_after_seconds);
+        err.details.retry_after_seconds = (retry_after_seconds > 0).then_some(retry_after_seconds);
         err
     }
 
@@ -189,7 +200,7 @@ impl ApiError {
     }
 
     pub fn with_cause(mut self, reason: &str, message: impl Into<String>) -> Self {
-        self.causes.push(Cause {
+        self.details.causes.push(Cause {
             reason: reason.to_owned(),
             message: message.into(),
             field: None,
@@ -211,17 +222,18 @@ impl ApiError {
             status["reason"] = json!(self.reason);
         }
         let mut details = serde_json::Map::new();
-        if let Some(name) = &self.name {
+        let d = &self.details;
+        if let Some(name) = &d.name {
             details.insert("name".into(), json!(name));
         }
-        if let Some(group) = self.group.as_ref().filter(|g| !g.is_empty()) {
+        if let Some(group) = d.group.as_ref().filter(|g| !g.is_empty()) {
             details.insert("group".into(), json!(group));
         }
-        if let Some(kind) = &self.kind {
+        if let Some(kind) = &d.kind {
             details.insert("kind".into(), json!(kind));
         }
-        if !self.causes.is_empty() {
-            let causes: Vec<Value> = self
+        if !d.causes.is_empty() {
+            let causes: Vec<Value> = d
                 .causes
                 .iter()
                 .map(|c| {
@@ -234,7 +246,7 @@ impl ApiError {
                 .collect();
             details.insert("causes".into(), Value::Array(causes));
         }
-        if let Some(secs) = self.retry_after_seconds {
+        if let Some(secs) = d.retry_after_seconds {
             details.insert("retryAfterSeconds".into(), json!(secs));
         }
         if !details.is_empty() {
@@ -256,7 +268,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = crate::api::json_response(code, &self.to_status());
-        if let Some(secs) = self.retry_after_seconds {
+        if let Some(secs) = self.details.retry_after_seconds {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, secs.into());

@@ -46,6 +46,9 @@ pub struct Event<K> {
 /// (namespace, name); namespace is empty for cluster-scoped kinds.
 pub type Key = (String, String);
 
+/// What a new watcher gets: past events to replay, and the live feed.
+pub type WatchStart<K> = (Vec<Arc<Event<K>>>, broadcast::Receiver<Arc<Event<K>>>);
+
 pub fn key_of<K: Kind>(obj: &K) -> Key {
     let meta = obj.metadata();
     (
@@ -156,10 +159,7 @@ impl<K: Kind> Store<K> {
 
     /// Subscribes to live events and returns the history after `since_rv`, atomically (the
     /// caller holds the cluster lock). `None` when `since_rv` is too old to resume from.
-    pub fn watch_from(
-        &self,
-        since_rv: u64,
-    ) -> Option<(Vec<Arc<Event<K>>>, broadcast::Receiver<Arc<Event<K>>>)> {
+    pub fn watch_from(&self, since_rv: u64) -> Option<WatchStart<K>> {
         if since_rv < self.oldest_resumable_rv {
             return None;
         }

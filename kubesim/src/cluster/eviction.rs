@@ -220,10 +220,10 @@ mod tests {
         assert_eq!(error.reason, "TooManyRequests");
         assert_eq!(error.message, VIOLATES_BUDGET);
         assert_eq!(
-            error.causes[0].message,
+            error.causes()[0].message,
             "The disruption budget budget needs 2 healthy pods and has 2 currently"
         );
-        assert_eq!(error.retry_after_seconds, None);
+        assert_eq!(error.retry_after_seconds(), None);
         assert_eq!(pdb.as_deref(), Some("budget"));
     }
 
@@ -290,8 +290,8 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((error.code, error.retry_after_seconds), (429, Some(10)));
-        assert!(error.causes[0].message.contains("still being processed"));
+        assert_eq!((error.code, error.retry_after_seconds()), (429, Some(10)));
+        assert!(error.causes()[0].message.contains("still being processed"));
     }
 
     #[test]
