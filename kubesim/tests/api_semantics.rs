@@ -713,3 +713,34 @@ async fn injected_faults_then_recovery() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_node_loses_its_pods_and_they_are_replaced() {
+    let sim = start(&scenario(SMALL)).await;
+    let client = client(&sim);
+    assert!(!common::pods_on(&sim, "node-b").is_empty());
+    let reply = request(&client, "DELETE", "/api/v1/nodes/node-b", &[], None).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        common::pods_on(&sim, "node-b").is_empty(),
+        "pods of a deleted node are collected"
+    );
+    wait_until("api to be back at 2 Ready replicas on node-a", || async {
+        sim.inspect(|c| {
+            c.pods
+                .in_namespace("app")
+                .filter(|p| {
+                    p.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("api-"))
+                })
+                .filter(|p| k3sfleet_kubesim::cluster::pods::counts_as_healthy(p))
+                .filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-a"))
+                .count()
+                == 2
+        })
+    })
+    .await;
+    sim.shutdown().await;
+}

@@ -1,6 +1,7 @@
 //! The simulated kubelets' side of the pod lifecycle: a pod bound to a node starts after the
 //! ready delay (Running, Ready unless it is a crash-looping one); a terminating pod disappears
-//! once its containers have stopped.
+//! once its containers have stopped. Pods bound to a node that no longer exists are removed,
+//! as the pod garbage collector does.
 
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodIP,
@@ -32,12 +33,20 @@ pub(super) fn sync_pods(cluster: &mut Cluster, now: &Now) -> bool {
             }
             continue;
         }
-        if is_terminating(&pod) || phase(&pod) != "Pending" {
-            continue;
-        }
         let Some(node) = node_name(&pod).map(str::to_owned) else {
             continue;
         };
+        if cluster.nodes.get("", &node).is_none() {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            cluster.remove::<Pod>(namespace, name);
+            cluster.sim.forget_pod(&uid);
+            changed = true;
+            continue;
+        }
+        if is_terminating(&pod) || phase(&pod) != "Pending" {
+            continue;
+        }
         let ready_at = match timers.ready_at {
             Some(at) => at,
             None => {
