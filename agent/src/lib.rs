@@ -1,1 +1,13 @@
-//! The k3sfleet host agent
+//! The k3sfleet host agent.
+//!
+//! Installed on every host of the fleet and run by systemd: it manages the K3s
+//! binary, enrolls the host in Tailscale, checks disks and the Longhorn
+//! prerequisites, exposes Prometheus metrics, and holds one mutually
+//! authenticated gRPC stream to the coordinator.
+
+pub mod config;
+pub mod duties;
+pub mod host;
+pub mod host_agent;
+pub mod journal;
+pub mod session;

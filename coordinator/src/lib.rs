@@ -1,1 +1,14 @@
-//! The k3sfleet coordinator daemon and the k3sfleet CLI
+//! The k3sfleet coordinator: the fleet registry, the gRPC services agents and
+//! operators call, and the `k3sfleet` CLI.
+
+pub mod api;
+pub mod artifacts;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod fleet;
+pub mod pki_cmd;
+pub mod server;
+pub mod store;

@@ -1,1 +1,16 @@
-//! The k3sfleet.v1 protocol: protobuf definitions and generated tonic code
+//! The k3sfleet.v1 protocol: generated messages and tonic services, their
+//! proto3 JSON mapping (what `-o json` prints), the protocol version range this
+//! build speaks, and the descriptor set for gRPC server reflection.
+
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("k3sfleet.v1");
+    include!(concat!(env!("OUT_DIR"), "/k3sfleet.v1.serde.rs"));
+}
+
+mod version;
+
+pub use version::{PROTOCOL, ProtocolMismatch, negotiate};
+
+/// Encoded `FileDescriptorSet` of every k3sfleet.v1 file, for tonic-reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("k3sfleet_descriptor");

@@ -1,0 +1,268 @@
+//! Commands run on one node through its agent: K3s, Tailscale, remediation.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use k3sfleet_proto::v1::admin_service_client::AdminServiceClient;
+use k3sfleet_proto::v1::{
+    ArtifactSource, Command, CommandOutcome, EtcdSnapshot, FromCoordinator, InstallK3s, Remediate,
+    RollbackK3s, RunCommandRequest, TailscaleUp, artifact_source, command, command_event,
+};
+
+use super::connection::ConnectionArgs;
+
+#[derive(Debug, Args)]
+pub struct CommandOptions {
+    /// Command id (idempotency key): re-running with the same id returns the
+    /// earlier result instead of running again [default: a fresh id]
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Stop waiting for the result after this long
+    #[arg(long, default_value = "10m", value_parser = k3sfleet_daemon::duration::parse)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum K3sCommand {
+    /// Install or upgrade K3s on a node to an exact version, verified by checksum,
+    /// rolled back if it does not come up healthy.
+    Install {
+        node: String,
+        /// K3s release tag, e.g. v1.31.5+k3s1
+        #[arg(long)]
+        version: String,
+        /// Download from this mirror (laid out as <url>/<version>/<asset>)
+        #[arg(long, conflicts_with_all = ["local_dir", "from_coordinator"])]
+        mirror: Option<String>,
+        /// Take the artifacts from this directory on the host (<dir>/<version>/<asset>)
+        #[arg(long, conflicts_with = "from_coordinator")]
+        local_dir: Option<String>,
+        /// Stream the artifacts from the coordinator's artifact directory
+        #[arg(long)]
+        from_coordinator: bool,
+        /// How long the new version may take to come up before rollback [default: the agent's]
+        #[arg(long, value_parser = k3sfleet_daemon::duration::parse)]
+        health_timeout: Option<std::time::Duration>,
+        #[command(flatten)]
+        options: CommandOptions,
+    },
+    /// Put the previous K3s binary back on a node and restart it.
+    Rollback {
+        node: String,
+        #[command(flatten)]
+        options: CommandOptions,
+    },
+    /// Take an etcd snapshot on a server node.
+    Snapshot {
+        node: String,
+        /// Snapshot name [default: k3sfleet-<time>]
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        options: CommandOptions,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TailscaleCommand {
+    /// Run `tailscale up` on a node. The auth key is read from a file or stdin,
+    /// never from the command line, and is passed to tailscale in a 0600 file.
+    Up {
+        node: String,
+        /// File holding the auth key, or - for stdin
+        #[arg(long, value_name = "FILE")]
+        auth_key_file: PathBuf,
+        /// Tailscale hostname [default: the node name]
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Tags to advertise, e.g. tag:k3s (repeatable)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Control server URL (e.g. a Headscale server)
+        #[arg(long)]
+        login_server: Option<String>,
+        /// Further `tailscale up` flags, e.g. --extra-flag=--ssh (repeatable)
+        #[arg(long = "extra-flag", allow_hyphen_values = true)]
+        extra_flags: Vec<String>,
+        #[command(flatten)]
+        options: CommandOptions,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RemediateArgs {
+    node: String,
+    /// Load the kernel modules Longhorn needs and persist them
+    #[arg(long)]
+    load_modules: bool,
+    /// Enable and start iscsid
+    #[arg(long)]
+    enable_iscsid: bool,
+    #[command(flatten)]
+    options: CommandOptions,
+}
+
+pub async fn k3s(connection: &ConnectionArgs, command: K3sCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        K3sCommand::Install {
+            node,
+            version,
+            mirror,
+            local_dir,
+            from_coordinator,
+            health_timeout,
+            options,
+        } => {
+            let kind = match (mirror, local_dir, from_coordinator) {
+                (Some(url), _, _) => Some(artifact_source::Kind::MirrorUrl(url)),
+                (_, Some(dir), _) => Some(artifact_source::Kind::LocalDir(dir)),
+                (_, _, true) => Some(artifact_source::Kind::Coordinator(FromCoordinator {})),
+                _ => None,
+            };
+            let action = command::Action::InstallK3s(InstallK3s {
+                version,
+                source: kind.map(|kind| ArtifactSource { kind: Some(kind) }),
+                health_timeout_seconds: health_timeout.map_or(0, |d| d.as_secs() as u32),
+            });
+            run_on(connection, node, action, options).await
+        }
+        K3sCommand::Rollback { node, options } => {
+            run_on(
+                connection,
+                node,
+                command::Action::RollbackK3s(RollbackK3s {}),
+                options,
+            )
+            .await
+        }
+        K3sCommand::Snapshot {
+            node,
+            name,
+            options,
+        } => {
+            let name = name.unwrap_or_else(|| {
+                format!(
+                    "k3sfleet-{}",
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                )
+                .replace(':', "-")
+            });
+            run_on(
+                connection,
+                node,
+                command::Action::EtcdSnapshot(EtcdSnapshot { name }),
+                options,
+            )
+            .await
+        }
+    }
+}
+
+pub async fn tailscale(
+    connection: &ConnectionArgs,
+    command: TailscaleCommand,
+) -> anyhow::Result<ExitCode> {
+    let TailscaleCommand::Up {
+        node,
+        auth_key_file,
+        hostname,
+        tags,
+        login_server,
+        extra_flags,
+        options,
+    } = command;
+    let auth_key = read_secret(&auth_key_file)?;
+    let action = command::Action::TailscaleUp(TailscaleUp {
+        auth_key,
+        hostname: hostname.unwrap_or_else(|| node.clone()),
+        advertise_tags: tags,
+        login_server: login_server.unwrap_or_default(),
+        extra_flags,
+    });
+    run_on(connection, node, action, options).await
+}
+
+pub async fn remediate(
+    connection: &ConnectionArgs,
+    args: RemediateArgs,
+) -> anyhow::Result<ExitCode> {
+    if !args.load_modules && !args.enable_iscsid {
+        anyhow::bail!("say what to fix: --load-modules and/or --enable-iscsid");
+    }
+    let action = command::Action::Remediate(Remediate {
+        load_modules: args.load_modules,
+        enable_iscsid: args.enable_iscsid,
+    });
+    run_on(connection, args.node, action, args.options).await
+}
+
+/// Reads a secret from a file or stdin ("-"), trimmed. Its content never
+/// appears in an error.
+fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the auth key from stdin")?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the auth key from {}", path.display()))?;
+    }
+    let secret = text.trim().to_string();
+    if secret.is_empty() {
+        anyhow::bail!("the auth key in {} is empty", path.display());
+    }
+    Ok(secret)
+}
+
+/// Sends one command and prints its progress; the exit code is the outcome.
+async fn run_on(
+    connection: &ConnectionArgs,
+    node: String,
+    action: command::Action,
+    options: CommandOptions,
+) -> anyhow::Result<ExitCode> {
+    let mut client = AdminServiceClient::new(connection.connect().await?);
+    let mut events = client
+        .run_command(RunCommandRequest {
+            node: node.clone(),
+            command: Some(Command {
+                id: options.id.unwrap_or_default(),
+                action: Some(action),
+            }),
+            timeout_seconds: options.timeout.as_secs().max(1) as u32,
+        })
+        .await?
+        .into_inner();
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(command_event::Event::Progress(progress)) => {
+                eprintln!("{node}: {}: {}", progress.step, progress.message);
+            }
+            Some(command_event::Event::Result(result)) => {
+                let outcome =
+                    CommandOutcome::try_from(result.outcome).unwrap_or(CommandOutcome::Unspecified);
+                let replayed = if result.replayed {
+                    " (result of an earlier run)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{node}: {}{replayed}: {} [command {}]",
+                    crate::commands::outcome_name(result.outcome),
+                    result.message,
+                    result.command_id
+                );
+                return Ok(match outcome {
+                    CommandOutcome::Succeeded | CommandOutcome::NoOp => ExitCode::SUCCESS,
+                    _ => ExitCode::FAILURE,
+                });
+            }
+            None => {}
+        }
+    }
+    anyhow::bail!("the coordinator ended the command's stream without a result")
+}

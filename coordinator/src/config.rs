@@ -1,0 +1,154 @@
+//! The coordinator's configuration file (TOML).
+//!
+//! Every key has a default except the TLS files; unknown keys are errors.
+//! See `packaging/coordinator.toml` for the documented example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k3sfleet_daemon::config::{self, ConfigError};
+use serde::Deserialize;
+
+/// Where packages install the config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/k3sfleet/coordinator.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address agents and the CLI dial (gRPC over mutual TLS).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Holds the database; created 0700 if missing.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
+    /// How often received health reports are written to the database.
+    #[serde(default = "default_report_flush", with = "k3sfleet_daemon::duration")]
+    pub report_flush_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The fleet CA certificate: client certificates must chain to it.
+    pub ca: PathBuf,
+    /// The coordinator's server certificate and key; replaced files are picked
+    /// up without a restart.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// K3s release artifacts, laid out as <dir>/<version>/<asset>, streamed to
+    /// agents that have no internet access.
+    #[serde(default = "default_artifacts_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        ArtifactsConfig {
+            dir: default_artifacts_dir(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:7443".parse().expect("valid address")
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/k3sfleet")
+}
+
+fn default_artifacts_dir() -> PathBuf {
+    PathBuf::from("/var/lib/k3sfleet/artifacts")
+}
+
+fn default_report_flush() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl CoordinatorConfig {
+    /// Reads and validates the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config: CoordinatorConfig = config::load(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.report_flush_interval.is_zero() {
+            return Err(config::invalid(
+                path,
+                "report_flush_interval",
+                "must be greater than zero",
+            ));
+        }
+        for (key, file) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if !file.is_file() {
+                return Err(config::invalid(
+                    path,
+                    key,
+                    format!("{} does not exist or is not a file", file.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<CoordinatorConfig, ConfigError> {
+        config::parse(Path::new("coordinator.toml"), text)
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_tls() {
+        let config = parse("[tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n").unwrap();
+        assert_eq!(config.listen.port(), 7443);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/k3sfleet"));
+        assert_eq!(config.report_flush_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = parse("listen = \"nope\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
+        let err = parse("[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nkye = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kye"), "{err}");
+        let err = parse("").unwrap_err().to_string();
+        assert!(err.contains("tls"), "{err}");
+    }
+
+    #[test]
+    fn missing_tls_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse(&format!(
+            "[tls]\nca = \"{0}/ca.crt\"\ncert = \"{0}/c.crt\"\nkey = \"{0}/c.key\"\n",
+            dir.path().display()
+        ))
+        .unwrap();
+        let err = config
+            .validate(Path::new("coordinator.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.ca") && err.contains("ca.crt"), "{err}");
+    }
+}

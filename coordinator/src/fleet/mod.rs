@@ -1,0 +1,430 @@
+//! The live fleet: every known node, its agent's session if connected, what it
+//! last reported, and the commands in flight to it.
+//!
+//! The registry lives in memory and in the store. Hellos are saved at once;
+//! reports are observations and are saved in batches by [`Fleet::flush_reports`].
+//! Commands waiting for a result survive an agent's reconnect: they are sent
+//! again, under the same id, to the new session, and the agent's journal makes
+//! sure each runs at most once.
+
+mod liveness;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use k3sfleet_proto::v1::{
+    Command, CommandEvent, CommandProgress, CommandResult, Connectivity, CoordinatorMessage,
+    HealthReport, Hello, NodeDetail, NodeSummary, command_event, coordinator_message,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::Status;
+
+use crate::store::{Store, StoreError};
+
+pub use liveness::{MISSED_REPORTS_UNREACHABLE, connectivity};
+
+/// Messages to one agent; an `Err` ends its stream with that status.
+pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// How many command events a slow watcher may fall behind before it misses some.
+const COMMAND_EVENT_BUFFER: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("no node named {node:?} has ever connected")]
+    UnknownNode { node: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Identifies one session of one node; stale sessions cannot touch the node
+/// once a newer one has replaced them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTicket {
+    pub node: String,
+    pub id: u64,
+}
+
+pub struct Fleet {
+    store: Store,
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fleet")
+    }
+}
+
+#[derive(Default)]
+struct State {
+    nodes: BTreeMap<String, LiveNode>,
+    unsaved_reports: HashMap<String, (HealthReport, i64)>,
+}
+
+struct LiveNode {
+    role: i32,
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+    hello: Option<Hello>,
+    report: Option<HealthReport>,
+    report_ms: Option<i64>,
+    session: Option<Session>,
+    pending: HashMap<String, PendingCommand>,
+}
+
+struct Session {
+    id: u64,
+    outbound: Outbound,
+    report_interval_ms: i64,
+}
+
+struct PendingCommand {
+    command: Command,
+    events: broadcast::Sender<CommandEvent>,
+}
+
+impl Fleet {
+    /// Loads the registry from the store.
+    pub async fn load(store: Store) -> Result<Arc<Fleet>, FleetError> {
+        let mut state = State::default();
+        for record in store.load_nodes().await? {
+            state.nodes.insert(
+                record.name.clone(),
+                LiveNode {
+                    role: record.role,
+                    first_seen_ms: record.first_seen_ms,
+                    last_seen_ms: record.last_seen_ms,
+                    hello: record.last_hello,
+                    report: record.last_report,
+                    report_ms: record.last_report_ms,
+                    session: None,
+                    pending: HashMap::new(),
+                },
+            );
+        }
+        Ok(Arc::new(Fleet {
+            store,
+            state: Mutex::new(state),
+            changes: watch::channel(0).0,
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    /// A counter that moves whenever anything about the fleet changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a new session for the node named in `hello` (already checked
+    /// against the certificate), replacing any older session of that node,
+    /// and re-sends the commands still waiting for a result.
+    pub async fn connect(
+        &self,
+        hello: Hello,
+        outbound: Outbound,
+        now_ms: i64,
+    ) -> Result<SessionTicket, FleetError> {
+        self.store.record_hello(hello.clone(), now_ms).await?;
+        let ticket = SessionTicket {
+            node: hello.node_name.clone(),
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+        };
+        {
+            let mut state = self.lock();
+            let node = state
+                .nodes
+                .entry(hello.node_name.clone())
+                .or_insert_with(|| LiveNode {
+                    role: hello.role,
+                    first_seen_ms: now_ms,
+                    last_seen_ms: now_ms,
+                    hello: None,
+                    report: None,
+                    report_ms: None,
+                    session: None,
+                    pending: HashMap::new(),
+                });
+            node.role = hello.role;
+            node.last_seen_ms = now_ms;
+            let session = Session {
+                id: ticket.id,
+                outbound,
+                report_interval_ms: i64::from(hello.report_interval_ms.max(1)),
+            };
+            node.hello = Some(hello);
+            if let Some(old) = node.session.replace(session) {
+                let _ = old.outbound.try_send(Err(Status::aborted(
+                    "replaced by a newer session of the same node",
+                )));
+            }
+            let session = node.session.as_ref().expect("just set");
+            for pending in node.pending.values() {
+                let _ = session
+                    .outbound
+                    .try_send(Ok(command_message(&pending.command)));
+            }
+        }
+        self.changed();
+        Ok(ticket)
+    }
+
+    /// Forgets the session, unless a newer one replaced it already.
+    pub fn disconnect(&self, ticket: &SessionTicket) {
+        let mut state = self.lock();
+        if let Some(node) = state.nodes.get_mut(&ticket.node)
+            && node.session.as_ref().is_some_and(|s| s.id == ticket.id)
+        {
+            node.session = None;
+            drop(state);
+            self.changed();
+        }
+    }
+
+    /// Ends a node's session at once with `status` (for revocation).
+    pub fn close_session(&self, node: &str, status: Status) -> bool {
+        let mut state = self.lock();
+        let closed = match state.nodes.get_mut(node).and_then(|n| n.session.take()) {
+            Some(session) => {
+                let _ = session.outbound.try_send(Err(status));
+                true
+            }
+            None => false,
+        };
+        drop(state);
+        if closed {
+            self.changed();
+        }
+        closed
+    }
+
+    /// Ends every session (at shutdown); agents reconnect on their own.
+    pub fn close_all_sessions(&self, status: Status) {
+        let mut state = self.lock();
+        for node in state.nodes.values_mut() {
+            if let Some(session) = node.session.take() {
+                let _ = session.outbound.try_send(Err(status.clone()));
+            }
+        }
+        drop(state);
+        self.changed();
+    }
+
+    pub fn on_report(&self, ticket: &SessionTicket, report: HealthReport, now_ms: i64) {
+        let mut state = self.lock();
+        let State {
+            nodes,
+            unsaved_reports,
+        } = &mut *state;
+        let Some(node) = current_node(nodes, ticket) else {
+            return;
+        };
+        node.last_seen_ms = now_ms;
+        node.report_ms = Some(now_ms);
+        node.report = Some(report.clone());
+        unsaved_reports.insert(ticket.node.clone(), (report, now_ms));
+        drop(state);
+        self.changed();
+    }
+
+    pub fn on_progress(&self, ticket: &SessionTicket, progress: CommandProgress) {
+        let state = self.lock();
+        if let Some(pending) = state
+            .nodes
+            .get(&ticket.node)
+            .and_then(|node| node.pending.get(&progress.command_id))
+        {
+            let _ = pending.events.send(CommandEvent {
+                event: Some(command_event::Event::Progress(progress)),
+            });
+        }
+    }
+
+    /// Delivers a result to whoever waits for it. Results for commands this
+    /// node was never sent are ignored: a node can only answer its own.
+    pub fn on_result(&self, ticket: &SessionTicket, result: CommandResult) {
+        let mut state = self.lock();
+        let pending = state
+            .nodes
+            .get_mut(&ticket.node)
+            .and_then(|node| node.pending.remove(&result.command_id));
+        drop(state);
+        match pending {
+            Some(pending) => {
+                let _ = pending.events.send(CommandEvent {
+                    event: Some(command_event::Event::Result(result)),
+                });
+                self.changed();
+            }
+            None => tracing::debug!(
+                node = ticket.node,
+                command = result.command_id,
+                "result for a command nobody waits for"
+            ),
+        }
+    }
+
+    /// Sends `command` to `node` (now if connected, else when it connects)
+    /// and returns its events. Sending an id that is already in flight joins
+    /// it instead of sending it twice.
+    pub fn send_command(
+        &self,
+        node: &str,
+        command: Command,
+    ) -> Result<broadcast::Receiver<CommandEvent>, FleetError> {
+        let mut state = self.lock();
+        let live = state
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| FleetError::UnknownNode {
+                node: node.to_string(),
+            })?;
+        if let Some(pending) = live.pending.get(&command.id) {
+            return Ok(pending.events.subscribe());
+        }
+        let (events, receiver) = broadcast::channel(COMMAND_EVENT_BUFFER);
+        if let Some(session) = &live.session {
+            let _ = session.outbound.try_send(Ok(command_message(&command)));
+        }
+        live.pending
+            .insert(command.id.clone(), PendingCommand { command, events });
+        Ok(receiver)
+    }
+
+    /// Stops waiting for a command (its caller gave up).
+    pub fn forget_command(&self, node: &str, command_id: &str) {
+        if let Some(live) = self.lock().nodes.get_mut(node) {
+            live.pending.remove(command_id);
+        }
+    }
+
+    pub fn connectivity_of(&self, node: &str, now_ms: i64) -> Option<Connectivity> {
+        self.lock().nodes.get(node).map(|n| n.connectivity(now_ms))
+    }
+
+    pub fn summaries(&self, now_ms: i64) -> Vec<NodeSummary> {
+        self.lock()
+            .nodes
+            .iter()
+            .map(|(name, node)| node.summary(name, now_ms))
+            .collect()
+    }
+
+    pub fn detail(&self, name: &str, now_ms: i64) -> Option<NodeDetail> {
+        self.lock().nodes.get(name).map(|node| NodeDetail {
+            summary: Some(node.summary(name, now_ms)),
+            last_hello: node.hello.clone(),
+            last_report: node.report.clone(),
+        })
+    }
+
+    /// How many agents hold a session right now.
+    pub fn connected_count(&self) -> usize {
+        self.lock()
+            .nodes
+            .values()
+            .filter(|n| n.session.is_some())
+            .count()
+    }
+
+    /// Saves the reports received since the last flush, in one transaction.
+    pub async fn flush_reports(&self) -> Result<usize, StoreError> {
+        let batch = self.take_unsaved();
+        let count = batch.len();
+        if let Err(err) = self.store.record_reports(batch.clone()).await {
+            self.return_unsaved(batch);
+            return Err(err);
+        }
+        Ok(count)
+    }
+
+    /// As [`Fleet::flush_reports`], for shutdown outside the runtime.
+    pub fn flush_reports_blocking(&self) -> Result<usize, StoreError> {
+        let batch = self.take_unsaved();
+        self.store.record_reports_blocking(&batch)?;
+        Ok(batch.len())
+    }
+
+    fn take_unsaved(&self) -> Vec<(String, HealthReport, i64)> {
+        self.lock()
+            .unsaved_reports
+            .drain()
+            .map(|(name, (report, at))| (name, report, at))
+            .collect()
+    }
+
+    fn return_unsaved(&self, batch: Vec<(String, HealthReport, i64)>) {
+        let mut state = self.lock();
+        for (name, report, at) in batch {
+            state.unsaved_reports.entry(name).or_insert((report, at));
+        }
+    }
+}
+
+fn current_node<'a>(
+    nodes: &'a mut BTreeMap<String, LiveNode>,
+    ticket: &SessionTicket,
+) -> Option<&'a mut LiveNode> {
+    nodes
+        .get_mut(&ticket.node)
+        .filter(|node| node.session.as_ref().is_some_and(|s| s.id == ticket.id))
+}
+
+fn command_message(command: &Command) -> CoordinatorMessage {
+    CoordinatorMessage {
+        body: Some(coordinator_message::Body::Command(command.clone())),
+    }
+}
+
+impl LiveNode {
+    fn last_heard_ms(&self) -> i64 {
+        self.report_ms.unwrap_or(0).max(self.last_seen_ms)
+    }
+
+    fn connectivity(&self, now_ms: i64) -> Connectivity {
+        let interval = self.session.as_ref().map_or(1, |s| s.report_interval_ms);
+        connectivity(
+            self.session.is_some(),
+            self.last_heard_ms(),
+            interval,
+            now_ms,
+        )
+    }
+
+    fn summary(&self, name: &str, now_ms: i64) -> NodeSummary {
+        let hello = self.hello.as_ref();
+        NodeSummary {
+            name: name.to_string(),
+            role: self.role,
+            connectivity: self.connectivity(now_ms) as i32,
+            last_report_unix_ms: self.report_ms.unwrap_or(0),
+            k3s_version: self
+                .report
+                .as_ref()
+                .and_then(|r| r.k3s.as_ref())
+                .map(|k| k.installed_version.clone())
+                .or_else(|| hello.map(|h| h.k3s_version.clone()))
+                .unwrap_or_default(),
+            health: self.report.as_ref().map_or(0, |r| r.overall),
+            agent_version: hello.map(|h| h.agent_version.clone()).unwrap_or_default(),
+            first_seen_unix_ms: self.first_seen_ms,
+            last_seen_unix_ms: self.last_seen_ms,
+            last_report_age_ms: self
+                .report_ms
+                .map_or(-1, |at| now_ms.saturating_sub(at).max(0)),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The coordinator's state: an SQLite database in its data directory.
+//!
+//! SQLite because the state is small and relational (nodes, audit entries,
+//! rollout steps, tokens), because its atomic commit survives power loss and
+//! `kill -9` at any instant (WAL journal, synchronous=FULL), and because
+//! operators can inspect it with the `sqlite3` shell when something is odd.
+//! All access goes through one connection on the blocking thread pool.
+
+mod audit;
+mod nodes;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+pub use audit::{AuditEntry, AuditEvent};
+pub use nodes::NodeRecord;
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "coordinator.db";
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts how many
+/// have run. Never edit a released one: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: node registry and audit log.
+    "CREATE TABLE nodes (
+        name            TEXT PRIMARY KEY,
+        role            INTEGER NOT NULL,
+        first_seen_ms   INTEGER NOT NULL,
+        last_seen_ms    INTEGER NOT NULL,
+        last_hello      BLOB,
+        last_hello_ms   INTEGER,
+        last_report     BLOB,
+        last_report_ms  INTEGER
+    ) STRICT;
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms   INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        node    TEXT,
+        detail  TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_by_node ON audit (node, id);",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database {path} has schema version {found}, newer than this coordinator knows ({known}); \
+         run the newer coordinator or restore a backup"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        known: usize,
+    },
+    #[error("database query failed")]
+    Query(#[from] rusqlite::Error),
+    #[error("a stored {what} cannot be decoded")]
+    Decode {
+        what: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("the database worker thread failed")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir` and brings its
+    /// schema up to date.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        create_private_dir(data_dir)?;
+        let path = data_dir.join(DATABASE_FILE);
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(open_err)?;
+        migrate(&mut conn, &path)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `work` against the connection on the blocking pool.
+    pub async fn call<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut conn)
+        })
+        .await?
+    }
+
+    /// Runs `work` against the connection on the current thread. For start-up
+    /// and shutdown paths outside the async runtime.
+    pub fn call_blocking<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut conn)
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: applied,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopening_keeps_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let store = Store::open(dir.path()).unwrap();
+        let version: i64 = store
+            .call_blocking(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_database_from_a_newer_coordinator_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+}
