@@ -75,6 +75,23 @@ impl Cli {
             .expect("kubectl runs")
     }
 
+    /// Starts a long-running kubectl (e.g. `get -w`) with stdout piped.
+    fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        let home = self.home.path();
+        tokio::process::Command::new(&self.binary)
+            .args(args)
+            .arg(format!("--cache-dir={}", home.join("cache").display()))
+            .env_clear()
+            .env("HOME", home)
+            .env("KUBECONFIG", home.join("kubeconfig"))
+            .env("PATH", "/usr/bin:/bin")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl starts")
+    }
+
     /// Runs and requires success; returns stdout, and stderr appended for diagnostics.
     async fn ok(&self, args: &[&str]) -> (String, String) {
         let out = self.run(args).await;
@@ -304,4 +321,74 @@ async fn current_kubectl_falls_back_from_aggregated_discovery() {
     );
     assert!(stdout.contains("web"), "{stdout}");
     sim.shutdown().await;
+}
+
+/// `kubectl get pods -w`: the initial table, then rows for changes streamed by the watch.
+async fn get_watch_follows_a_deletion(which: Kubectl) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let sim = start(&scenario_file("drain-blocked.toml")).await;
+    let cli = Cli::new(which, &sim);
+    let mut child = cli.spawn(&["get", "pods", "-n", "shop", "-w"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let header = next_line(&mut lines).await;
+    assert!(
+        header.starts_with("NAME") && header.contains("STATUS"),
+        "{header}"
+    );
+    // Initial rows, up to db-2.
+    loop {
+        if next_line(&mut lines).await.starts_with("db-2 ") {
+            break;
+        }
+    }
+    let client = common::client(&sim);
+    let reply = common::request(
+        &client,
+        "DELETE",
+        "/api/v1/namespaces/shop/pods/db-2",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    // The watch shows db-2 terminating, then a new db-2 being created.
+    let mut seen = Vec::new();
+    loop {
+        let line = next_line(&mut lines).await;
+        if line.starts_with("db-2 ") {
+            seen.push(
+                line.split_whitespace()
+                    .nth(2)
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            if seen.iter().any(|s| s == "Terminating")
+                && seen.last().is_some_and(|s| s != "Terminating")
+            {
+                break;
+            }
+        }
+    }
+    child.kill().await.unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_20_get_watch_follows_a_deletion() {
+    get_watch_follows_a_deletion(Kubectl::V1_20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_current_get_watch_follows_a_deletion() {
+    get_watch_follows_a_deletion(Kubectl::Current).await;
+}
+
+type KubectlLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+async fn next_line(lines: &mut KubectlLines) -> String {
+    tokio::time::timeout(common::WAIT, lines.next_line())
+        .await
+        .expect("kubectl printed nothing")
+        .unwrap()
+        .expect("kubectl ended")
 }
