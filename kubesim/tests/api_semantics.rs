@@ -616,7 +616,8 @@ async fn watch_semantics() {
         );
         tokio::spawn(async move { watch_lines(&client, &path, 1000).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The watch starts from the list's version, so changes made before it connects are
+    // replayed: no need to wait for it.
     let patch = |labels: Value| {
         let client = client.clone();
         async move {
