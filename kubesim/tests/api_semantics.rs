@@ -745,3 +745,73 @@ async fn deleted_node_loses_its_pods_and_they_are_replaced() {
     .await;
     sim.shutdown().await;
 }
+
+/// With `pdb_sync_delay`, a new PDB is not observed at once: evictions it guards get 429 with
+/// retryAfterSeconds 10 until its status catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unobserved_pdb_answers_429_retry_after() {
+    let sim = start(&scenario(
+        r#"
+        [timings]
+        pdb_sync_delay = 1
+        [[nodes]]
+        name = "n"
+        [[deployments]]
+        namespace = "app"
+        name = "web"
+        replicas = 2
+        "#,
+    ))
+    .await;
+    let client = client(&sim);
+    let pdb = json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": { "name": "web" },
+        "spec": { "maxUnavailable": 1, "selector": { "matchLabels": { "app": "web" } } }
+    });
+    assert_eq!(
+        post_json(
+            &client,
+            "/apis/policy/v1/namespaces/app/poddisruptionbudgets",
+            &pdb
+        )
+        .await
+        .status,
+        201
+    );
+    let pod = sim.inspect(|c| {
+        c.pods
+            .in_namespace("app")
+            .next()
+            .unwrap()
+            .metadata
+            .name
+            .clone()
+            .unwrap()
+    });
+    let path = format!("/api/v1/namespaces/app/pods/{pod}/eviction");
+    let reply = post_json(&client, &path, &eviction(&pod, "app", "policy/v1")).await;
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    assert_eq!(reply.body["details"]["retryAfterSeconds"], 10);
+    assert_eq!(
+        reply.body["details"]["causes"][0]["message"],
+        "The disruption budget web is still being processed by the server."
+    );
+
+    wait_until("the PDB to be observed", || {
+        let client = client.clone();
+        async move {
+            let pdb = get(
+                &client,
+                "/apis/policy/v1/namespaces/app/poddisruptionbudgets/web",
+            )
+            .await
+            .body;
+            pdb["status"]["observedGeneration"] == 1
+        }
+    })
+    .await;
+    let reply = post_json(&client, &path, &eviction(&pod, "app", "policy/v1")).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    sim.shutdown().await;
+}

@@ -96,8 +96,7 @@ pub fn group(name: &str) -> Response {
     }
 }
 
-fn resource<K: Kind>(version: &str) -> Vec<Value> {
-    let _ = version;
+fn resource<K: Kind>() -> Vec<Value> {
     let mut main = json!({
         "name": K::URL_PATH_SEGMENT,
         "singularName": K::SINGULAR,
@@ -124,7 +123,7 @@ fn resource<K: Kind>(version: &str) -> Vec<Value> {
     list
 }
 
-pub fn resource_list(_shared: &Shared, group: &str, version: &str) -> Response {
+pub fn resource_list(group: &str, version: &str) -> Response {
     let Some(gv) = SERVED
         .iter()
         .find(|gv| gv.group == group && gv.version == version)
@@ -134,10 +133,10 @@ pub fn resource_list(_shared: &Shared, group: &str, version: &str) -> Response {
     let mut resources = Vec::new();
     for kind in gv.kinds {
         match kind {
-            ResourceKind::Namespace => resources.extend(resource::<Namespace>(version)),
-            ResourceKind::Node => resources.extend(resource::<Node>(version)),
+            ResourceKind::Namespace => resources.extend(resource::<Namespace>()),
+            ResourceKind::Node => resources.extend(resource::<Node>()),
             ResourceKind::Pod => {
-                resources.extend(resource::<Pod>(version));
+                resources.extend(resource::<Pod>());
                 // kubectl drain looks for exactly this entry to decide it may use evictions.
                 resources.push(json!({
                     "name": "pods/eviction",
@@ -150,12 +149,12 @@ pub fn resource_list(_shared: &Shared, group: &str, version: &str) -> Response {
                 }));
             }
             ResourceKind::PodDisruptionBudget => {
-                resources.extend(resource::<PodDisruptionBudget>(version))
+                resources.extend(resource::<PodDisruptionBudget>())
             }
-            ResourceKind::Deployment => resources.extend(resource::<Deployment>(version)),
-            ResourceKind::ReplicaSet => resources.extend(resource::<ReplicaSet>(version)),
-            ResourceKind::StatefulSet => resources.extend(resource::<StatefulSet>(version)),
-            ResourceKind::DaemonSet => resources.extend(resource::<DaemonSet>(version)),
+            ResourceKind::Deployment => resources.extend(resource::<Deployment>()),
+            ResourceKind::ReplicaSet => resources.extend(resource::<ReplicaSet>()),
+            ResourceKind::StatefulSet => resources.extend(resource::<StatefulSet>()),
+            ResourceKind::DaemonSet => resources.extend(resource::<DaemonSet>()),
         }
     }
     let group_version = if group.is_empty() {

@@ -141,7 +141,7 @@ async fn core_api(
 ) -> Response {
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
-        ["v1"] => discovery::resource_list(&shared, "", "v1"),
+        ["v1"] => discovery::resource_list("", "v1"),
         ["v1", rest @ ..] => {
             serve_resource(&shared, "", "v1", rest, method, query, headers, body).await
         }
@@ -160,7 +160,7 @@ async fn group_api(
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
         [group] => discovery::group(group),
-        [group, version] => discovery::resource_list(&shared, group, version),
+        [group, version] => discovery::resource_list(group, version),
         [group, version, rest @ ..] => {
             serve_resource(&shared, group, version, rest, method, query, headers, body).await
         }

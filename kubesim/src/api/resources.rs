@@ -146,7 +146,6 @@ fn list<K: Kind>(shared: &Shared, request: &ApiRequest) -> Result<Response, ApiE
         let include = request.query.get("includeObject").unwrap_or("Metadata");
         let mut doc = table::<K>(
             &items,
-            &target.api_version,
             table_version,
             rv,
             include,
@@ -206,7 +205,6 @@ fn respond_object<K: Kind>(request: &ApiRequest, code: StatusCode, obj: &K, rv: 
                 code,
                 &table::<K>(
                     &[obj],
-                    api_version,
                     table_version,
                     rv,
                     include,

@@ -38,10 +38,10 @@ pub fn wants_table(accept: &str) -> Option<&'static str> {
     })
 }
 
-/// Builds a Table; `include_object` is the request's includeObject (None, Metadata, Object).
+/// Builds a Table; `include_object` is the request's includeObject (None, Metadata, Object),
+/// `served_as` the apiVersion full objects are rendered in.
 pub fn table<K: Kind>(
     objects: &[&K],
-    api_version: &str,
     table_version: &str,
     resource_version: u64,
     include_object: &str,
@@ -78,7 +78,6 @@ pub fn table<K: Kind>(
             row
         })
         .collect();
-    let _ = api_version;
     json!({
         "kind": "Table",
         "apiVersion": table_version,

@@ -40,7 +40,6 @@ impl Render {
         let object = match self.table_version {
             Some(version) => table::<K>(
                 &[obj],
-                &self.api_version,
                 version,
                 0,
                 &self.include_object,

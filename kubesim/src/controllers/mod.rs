@@ -40,7 +40,8 @@ pub(crate) struct PodTimers {
 #[derive(Debug, Default)]
 pub struct SimState {
     pod_timers: HashMap<String, PodTimers>,
-    /// When a controller may create a missing pod: (owner uid, slot) -> due time.
+    /// When a delayed controller action is due: (owner uid, slot) -> due time. Used for
+    /// replacing lost pods and for the PDB controller's observation lag.
     replacement_due: HashMap<(String, String), Instant>,
     /// Last heartbeat of nodes whose kubelet runs outside the simulator.
     external_kubelets: HashMap<String, Instant>,

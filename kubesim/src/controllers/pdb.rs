@@ -215,10 +215,42 @@ fn expected_scale(cluster: &Cluster, pods: &[&Pod]) -> Result<i32, String> {
     Ok(total)
 }
 
+/// With a sync delay, a PDB whose generation is not yet observed waits that long first.
+fn observation_due(
+    cluster: &mut Cluster,
+    pdb: &PodDisruptionBudget,
+    delay: std::time::Duration,
+    now: &Now,
+) -> bool {
+    let generation = pdb.metadata.generation.unwrap_or(0);
+    let observed = pdb
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .unwrap_or(0);
+    if generation <= observed {
+        return true;
+    }
+    let uid = pdb.metadata.uid.clone().unwrap_or_default();
+    cluster.sim.replacement_is_due(
+        &uid,
+        &format!("observe-generation-{generation}"),
+        delay,
+        now,
+    )
+}
+
 pub(super) fn sync(cluster: &mut Cluster, now: &Now) -> bool {
     let mut changed = false;
     let budgets: Vec<Arc<PodDisruptionBudget>> = cluster.pdbs.iter().cloned().collect();
+    let sync_delay = cluster
+        .config
+        .scale
+        .wall(cluster.config.timings.pdb_sync_delay);
     for pdb in budgets {
+        if !sync_delay.is_zero() && !observation_due(cluster, &pdb, sync_delay, now) {
+            continue;
+        }
         let namespace = pdb.metadata.namespace.clone().unwrap_or_default();
         let selector = pdb.spec.as_ref().and_then(|s| s.selector.clone());
         // policy/v1: an empty selector matches every pod in the namespace, a missing one none.

@@ -10,6 +10,7 @@
 //! ready_delay = 10                      # a scheduled pod turns Ready after this
 //! termination = 2                       # a deleted pod is gone after min(this, its grace period)
 //! node_monitor_grace = 40               # optional: externally heartbeated nodes go Unknown
+//! pdb_sync_delay = 0                    # optional: lag before a new/changed PDB is observed
 //!
 //! [[nodes]]
 //! name = "server-1"
@@ -133,6 +134,10 @@ pub struct Timings {
     #[serde(default = "default_termination")]
     pub termination: f64,
     pub node_monitor_grace: Option<f64>,
+    /// How long the disruption controller takes to observe a new or changed PDB; until then
+    /// evictions it guards get 429 with retryAfterSeconds 10 ("still being processed").
+    #[serde(default)]
+    pub pdb_sync_delay: f64,
 }
 
 impl Default for Timings {
@@ -142,6 +147,7 @@ impl Default for Timings {
             ready_delay: default_ready_delay(),
             termination: default_termination(),
             node_monitor_grace: None,
+            pdb_sync_delay: 0.0,
         }
     }
 }

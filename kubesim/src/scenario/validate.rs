@@ -98,6 +98,7 @@ pub(super) fn validate(s: &Scenario, origin: &str) -> Result<(), ScenarioError> 
     c.seconds("timings.replacement_delay", s.timings.replacement_delay)?;
     c.seconds("timings.ready_delay", s.timings.ready_delay)?;
     c.seconds("timings.termination", s.timings.termination)?;
+    c.seconds("timings.pdb_sync_delay", s.timings.pdb_sync_delay)?;
     if let Some(grace) = s.timings.node_monitor_grace {
         c.seconds("timings.node_monitor_grace", grace)?;
     }
