@@ -49,6 +49,9 @@ fn main() -> ExitCode {
 
 fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     let config = AgentConfig::load(&config_path)?;
+    // Fail now, not on the first connection, when the credentials are unusable.
+    k3sfleet_pki::root_store(&config.tls.ca)?;
+    k3sfleet_pki::certified_key(&config.tls.cert, &config.tls.key)?;
     let node_name = session::node_name(&config)?;
     if let Some(configured) = &config.node_name
         && *configured != node_name
