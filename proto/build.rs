@@ -6,6 +6,7 @@ const PROTOS: &[&str] = &[
     "k3sfleet/v1/agent.proto",
     "k3sfleet/v1/admin.proto",
     "k3sfleet/v1/commands.proto",
+    "k3sfleet/v1/enrollment.proto",
     "k3sfleet/v1/health.proto",
 ];
 

@@ -124,12 +124,44 @@ fn default_true() -> bool {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::load_settings(path)?;
+        config.validate_tls_files(path)?;
+        Ok(config)
+    }
+
+    /// Loads and checks everything but the TLS files, which `enroll` creates.
+    pub fn load_settings(path: &Path) -> Result<Self, ConfigError> {
         let config: AgentConfig = config::load(path)?;
-        config.validate(path)?;
+        config.validate_settings(path)?;
         Ok(config)
     }
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        self.validate_settings(path)?;
+        self.validate_tls_files(path)
+    }
+
+    fn validate_tls_files(&self, path: &Path) -> Result<(), ConfigError> {
+        for (key, file) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if !file.is_file() {
+                return Err(config::invalid(
+                    path,
+                    key,
+                    format!(
+                        "{} does not exist or is not a file (enroll the host first: k3sfleet-agent enroll --help)",
+                        file.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_settings(&self, path: &Path) -> Result<(), ConfigError> {
         if self.report.interval < Duration::from_millis(100) {
             return Err(config::invalid(
                 path,
@@ -150,19 +182,6 @@ impl AgentConfig {
                 "coordinator.address",
                 "expected HOST:PORT",
             ));
-        }
-        for (key, file) in [
-            ("tls.ca", &self.tls.ca),
-            ("tls.cert", &self.tls.cert),
-            ("tls.key", &self.tls.key),
-        ] {
-            if !file.is_file() {
-                return Err(config::invalid(
-                    path,
-                    key,
-                    format!("{} does not exist or is not a file", file.display()),
-                ));
-            }
         }
         self.host.validate(path)
     }

@@ -17,5 +17,6 @@ pub mod k3s;
 pub mod metrics;
 pub mod observe;
 pub mod remediate;
+pub mod renewal;
 pub mod session;
 pub mod tailscale;

@@ -1,18 +1,20 @@
-//! `k3sfleet-agent`: the host agent daemon.
+//! `k3sfleet-agent`: the host agent daemon, and enrolling its host.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use k3sfleet_agent::check_cmd::{self, CheckOptions};
 use k3sfleet_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
-use k3sfleet_agent::duties::Outbox;
 use k3sfleet_agent::host_agent::HostAgent;
 use k3sfleet_agent::journal::Journal;
 use k3sfleet_agent::metrics;
+use k3sfleet_agent::renewal;
 use k3sfleet_agent::session::{self, Agent};
 use k3sfleet_daemon::{logging, shutdown, systemd};
+use k3sfleet_pki::{DialTarget, Fingerprint, Role, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 /// The k3sfleet host agent: manages K3s on this host and reports to the coordinator.
@@ -49,6 +51,37 @@ enum Command {
         #[arg(long)]
         fix_iscsid: bool,
     },
+    /// Join the fleet with a bootstrap token: generate this host's key (it never
+    /// leaves the host), get a certificate for the node name, and write key,
+    /// certificate and fleet CA where the config's [tls] section says.
+    ///
+    /// Pass the token in a file or on stdin (--token-file -): a --token flag
+    /// shows in process listings.
+    Enroll {
+        /// Configuration file (its [tls] paths receive the files)
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "K3SFLEET_AGENT_CONFIG")]
+        config: PathBuf,
+        /// Coordinator address [default: coordinator.address from the config]
+        #[arg(long, value_name = "HOST:PORT")]
+        coordinator: Option<String>,
+        /// Node name [default: node_name from the config, else the host name]
+        #[arg(long)]
+        name: Option<String>,
+        /// File holding the token, or - for stdin
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "token",
+            required_unless_present = "token"
+        )]
+        token_file: Option<PathBuf>,
+        /// The token itself (visible in process listings; prefer --token-file)
+        #[arg(long)]
+        token: Option<String>,
+        /// Fingerprint of the fleet CA, as `k3sfleet-coordinator ca init` printed it
+        #[arg(long)]
+        ca_fingerprint: Fingerprint,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +103,14 @@ fn main() -> ExitCode {
                 fix_iscsid,
             });
         }
+        Command::Enroll {
+            config,
+            coordinator,
+            name,
+            token_file,
+            token,
+            ca_fingerprint,
+        } => enroll(config, coordinator, name, token_file, token, ca_fingerprint),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,6 +138,9 @@ fn run_check(options: CheckOptions) -> ExitCode {
 
 fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     let config = AgentConfig::load(&config_path)?;
+    // Fail now, not on the first connection, when the credentials are unusable.
+    k3sfleet_pki::root_store(&config.tls.ca)?;
+    k3sfleet_pki::certified_key(&config.tls.cert, &config.tls.key)?;
     let node_name = session::node_name(&config)?;
     if let Some(configured) = &config.node_name
         && *configured != node_name
@@ -111,29 +155,20 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     let journal = Journal::open(&config.state_dir)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let config = std::sync::Arc::new(config);
+        let config = Arc::new(config);
         let duties = HostAgent::new(config.clone());
         let stop = CancellationToken::new();
         let observer = duties.spawn_observer(stop.clone());
-        let metrics = if config.metrics.enabled {
-            let listener = metrics::bind(config.metrics.listen).await?;
-            let address = listener
-                .local_addr()
-                .context("reading the metrics address")?;
-            publish_metrics_address(&config.state_dir, address);
-            tracing::info!(%address, "serving metrics");
-            let render_from = duties.clone();
-            let render: metrics::Render = std::sync::Arc::new(move || render_from.metrics_text());
-            Some(tokio::spawn(metrics::serve(listener, render, stop.clone())))
-        } else {
-            None
+        let metrics = match config.metrics.enabled {
+            true => Some(serve_metrics(&config, duties.clone(), stop.clone()).await?),
+            false => None,
         };
-        let agent = Agent {
-            duties,
-            config: config.clone(),
-            journal: std::sync::Arc::new(journal),
-            outbox: std::sync::Arc::new(Outbox::default()),
-        };
+        let agent = Agent::new(config.clone(), duties, Arc::new(journal));
+        let renewal = tokio::spawn(renewal::keep_renewed(
+            config.clone(),
+            agent.reconnect_handle(),
+            stop.clone(),
+        ));
         let session = tokio::spawn(agent.run(stop.clone()));
         systemd::notify_ready(&format!(
             "node {node_name}, coordinator {}",
@@ -145,8 +180,7 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
         tracing::info!(signal, "shutting down");
         systemd::notify_stopping();
         stop.cancel();
-        let _ = session.await;
-        let _ = observer.await;
+        let _ = tokio::join!(session, renewal, observer);
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }
@@ -154,14 +188,77 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-/// Writes the metrics address actually bound (useful with port 0) to
-/// `<state_dir>/metrics-address`.
-fn publish_metrics_address(state_dir: &std::path::Path, address: std::net::SocketAddr) {
-    let path = state_dir.join("metrics-address");
-    let tmp = state_dir.join("metrics-address.tmp");
-    let written =
-        std::fs::write(&tmp, format!("{address}\n")).and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(err) = written {
-        tracing::warn!(path = %path.display(), error = %err, "cannot record the metrics address");
-    }
+/// Binds `metrics.listen` (failing start-up if it cannot) and serves
+/// /metrics; the bound address goes to `<state_dir>/metrics-address`, which
+/// tells tests and scripts the port when the config says port 0.
+async fn serve_metrics(
+    config: &AgentConfig,
+    duties: Arc<HostAgent>,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = metrics::bind(config.metrics.listen).await?;
+    let address = listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    let path = config.state_dir.join("metrics-address");
+    let tmp = config.state_dir.join("metrics-address.tmp");
+    std::fs::write(&tmp, format!("{address}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(%address, "serving metrics");
+    let render: metrics::Render = Arc::new(move || duties.metrics_text());
+    Ok(tokio::spawn(metrics::serve(listener, render, stop)))
+}
+
+fn enroll(
+    config_path: PathBuf,
+    coordinator: Option<String>,
+    name: Option<String>,
+    token_file: Option<PathBuf>,
+    token: Option<String>,
+    pin: Fingerprint,
+) -> anyhow::Result<()> {
+    let config = AgentConfig::load_settings(&config_path)?;
+    let token = match (token_file, token) {
+        (Some(path), _) => k3sfleet_daemon::secret::read_secret(&path, "token")?,
+        (None, Some(token)) => token,
+        (None, None) => anyhow::bail!("pass --token-file FILE (or - for stdin)"),
+    };
+    let name = match name.or(config.node_name.clone()) {
+        Some(name) => name,
+        None => nix::unistd::gethostname()
+            .context("reading the host name; pass --name")?
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; pass --name"))?,
+    };
+    let mut target =
+        DialTarget::new(coordinator.unwrap_or_else(|| config.coordinator.address.clone()));
+    target.server_name = config.coordinator.server_name.clone();
+    let files = TlsFiles {
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let enrollment = runtime
+        .block_on(k3sfleet_pki::enroll(
+            &target,
+            pin,
+            &token,
+            &name,
+            Role::Agent,
+        ))
+        .with_context(|| format!("enrolling {name} at {}", target.address))?;
+    k3sfleet_pki::install(&files, &enrollment)?;
+    println!(
+        "enrolled node {name}: certificate {} (serial {}), key {}, fleet CA {}",
+        files.cert.display(),
+        enrollment.serial,
+        files.key.display(),
+        files.ca.display()
+    );
+    Ok(())
 }

@@ -6,8 +6,7 @@
 //! missing from the table are denied to everyone. Handlers read the caller
 //! from the request extensions.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -16,6 +15,8 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
+
+use crate::access::Revocations;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,17 @@ pub const AUTHORIZATION: &[(&str, Allow)] = &[
     ("/k3sfleet.v1.AdminService/GetNode", READERS),
     ("/k3sfleet.v1.AdminService/ListAudit", READERS),
     ("/k3sfleet.v1.AdminService/RunCommand", ADMIN),
+    // The token is the credential.
+    ("/k3sfleet.v1.EnrollmentService/Enroll", Allow::Anyone),
+    (
+        "/k3sfleet.v1.CertificateService/Renew",
+        Allow::Roles(&[Role::Agent, Role::Admin, Role::Reader]),
+    ),
+    ("/k3sfleet.v1.AccessService/CreateToken", ADMIN),
+    ("/k3sfleet.v1.AccessService/ListTokens", READERS),
+    ("/k3sfleet.v1.AccessService/RevokeToken", ADMIN),
+    ("/k3sfleet.v1.AccessService/RevokeIdentity", ADMIN),
+    ("/k3sfleet.v1.AccessService/ListCertificates", READERS),
     // Load balancers probe without client certificates.
     ("/grpc.health.v1.Health/Check", Allow::Anyone),
     ("/grpc.health.v1.Health/Watch", Allow::Anyone),
@@ -89,13 +101,13 @@ pub fn allowed(path: &str) -> Option<Allow> {
 pub fn authorize(
     path: &str,
     caller: Result<Caller, Status>,
-    revoked: &RevokedSerials,
+    revocations: &Revocations,
 ) -> Result<Caller, Status> {
     let allow =
         allowed(path).ok_or_else(|| Status::permission_denied(format!("{path} is not allowed")))?;
     let caller = caller?;
     if let Caller::Peer(peer) = &caller
-        && revoked.contains(&peer.serial)
+        && revocations.is_revoked(peer)
     {
         return Err(Status::unauthenticated(format!(
             "the certificate of {} {} (serial {}) has been revoked",
@@ -112,26 +124,6 @@ pub fn authorize(
             "{} certificate {:?} may not call {path}",
             peer.role, peer.name
         ))),
-    }
-}
-
-/// Certificate serials that are refused even though their chain verifies.
-#[derive(Debug, Default)]
-pub struct RevokedSerials(RwLock<HashSet<String>>);
-
-impl RevokedSerials {
-    pub fn contains(&self, serial: &str) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(serial)
-    }
-
-    pub fn insert(&self, serial: String) {
-        self.0
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(serial);
     }
 }
 
@@ -152,12 +144,12 @@ fn caller_of<B>(request: &Request<B>) -> Result<Caller, Status> {
 /// Tower layer that applies [`authorize`] to every request.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    revoked: Arc<RevokedSerials>,
+    revocations: Arc<Revocations>,
 }
 
 impl AuthLayer {
-    pub fn new(revoked: Arc<RevokedSerials>) -> Self {
-        AuthLayer { revoked }
+    pub fn new(revocations: Arc<Revocations>) -> Self {
+        AuthLayer { revocations }
     }
 }
 
@@ -167,7 +159,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            revoked: self.revoked.clone(),
+            revocations: self.revocations.clone(),
         }
     }
 }
@@ -175,7 +167,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct AuthService<S> {
     inner: S,
-    revoked: Arc<RevokedSerials>,
+    revocations: Arc<Revocations>,
 }
 
 impl<S, B> Service<Request<B>> for AuthService<S>
@@ -195,7 +187,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let decision = authorize(request.uri().path(), caller_of(&request), &self.revoked);
+        let decision = authorize(request.uri().path(), caller_of(&request), &self.revocations);
         match decision {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
@@ -239,7 +231,7 @@ mod tests {
             name: name.into(),
             role,
             serial: format!("{name}-serial"),
-            not_before: 0,
+            not_before: 1,
             not_after: 0,
             fingerprint: Fingerprint::of_der(name.as_bytes()),
         })
@@ -268,7 +260,7 @@ mod tests {
 
     #[test]
     fn unlisted_methods_are_denied_to_everyone() {
-        let revoked = RevokedSerials::default();
+        let revoked = Revocations::default();
         let err = authorize(
             "/k3sfleet.v1.AdminService/Nope",
             Ok(peer(Role::Admin, "a")),
@@ -280,7 +272,7 @@ mod tests {
 
     #[test]
     fn roles_are_enforced() {
-        let revoked = RevokedSerials::default();
+        let revoked = Revocations::default();
         let check = |path, caller| {
             authorize(path, Ok(caller), &revoked)
                 .map(|_| ())
@@ -312,9 +304,9 @@ mod tests {
     }
 
     #[test]
-    fn revoked_serials_are_refused_everywhere() {
-        let revoked = RevokedSerials::default();
-        revoked.insert("a-serial".into());
+    fn revoked_identities_are_refused_everywhere() {
+        let revoked = Revocations::default();
+        revoked.revoke(Role::Admin, "a", 10_000_000);
         let err = authorize(LIST, Ok(peer(Role::Admin, "a")), &revoked).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         assert!(err.message().contains("revoked"));

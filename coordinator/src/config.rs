@@ -25,6 +25,8 @@ pub struct CoordinatorConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub artifacts: ArtifactsConfig,
+    #[serde(default)]
+    pub enrollment: EnrollmentConfig,
     /// How often received health reports are written to the database.
     #[serde(default = "default_report_flush", with = "k3sfleet_daemon::duration")]
     pub report_flush_interval: Duration,
@@ -39,6 +41,40 @@ pub struct TlsConfig {
     /// up without a restart.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The fleet CA's private key. With it the coordinator enrolls hosts
+    /// with bootstrap tokens and renews certificates; without it both are off.
+    #[serde(default)]
+    pub ca_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentConfig {
+    /// Lifetime of certificates issued to agents (renewed at two thirds).
+    #[serde(default = "default_agent_ttl", with = "k3sfleet_daemon::duration")]
+    pub agent_cert_ttl: Duration,
+    #[serde(default = "default_admin_ttl", with = "k3sfleet_daemon::duration")]
+    pub admin_cert_ttl: Duration,
+    #[serde(default = "default_agent_ttl", with = "k3sfleet_daemon::duration")]
+    pub reader_cert_ttl: Duration,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        EnrollmentConfig {
+            agent_cert_ttl: default_agent_ttl(),
+            admin_cert_ttl: default_admin_ttl(),
+            reader_cert_ttl: default_agent_ttl(),
+        }
+    }
+}
+
+fn default_agent_ttl() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+fn default_admin_ttl() -> Duration {
+    Duration::from_secs(12 * 3600)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,11 +126,25 @@ impl CoordinatorConfig {
                 "must be greater than zero",
             ));
         }
-        for (key, file) in [
+        let enrollment = &self.enrollment;
+        for (key, ttl) in [
+            ("enrollment.agent_cert_ttl", enrollment.agent_cert_ttl),
+            ("enrollment.admin_cert_ttl", enrollment.admin_cert_ttl),
+            ("enrollment.reader_cert_ttl", enrollment.reader_cert_ttl),
+        ] {
+            if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(365 * 24 * 3600) {
+                return Err(config::invalid(path, key, "must be between 1m and 365d"));
+            }
+        }
+        let mut files = vec![
             ("tls.ca", &self.tls.ca),
             ("tls.cert", &self.tls.cert),
             ("tls.key", &self.tls.key),
-        ] {
+        ];
+        if let Some(ca_key) = &self.tls.ca_key {
+            files.push(("tls.ca_key", ca_key));
+        }
+        for (key, file) in files {
             if !file.is_file() {
                 return Err(config::invalid(
                     path,

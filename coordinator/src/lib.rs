@@ -1,6 +1,7 @@
 //! The k3sfleet coordinator: the fleet registry, the gRPC services agents and
 //! operators call, and the `k3sfleet` CLI.
 
+pub mod access;
 pub mod api;
 pub mod artifacts;
 pub mod auth;

@@ -39,7 +39,8 @@ pub fn ca_init(
         .into());
     }
     ca.save(&files[0], &files[1], force)?;
-    k3sfleet_pki::write_public_file(&files[2], &server.cert_pem, force)?;
+    // The chain carries the CA so enrolling hosts can pin it by fingerprint.
+    k3sfleet_pki::write_public_file(&files[2], &ca.chain_pem(&server.cert_pem), force)?;
     let key = server.key_pem.as_deref().expect("issued with a fresh key");
     k3sfleet_pki::write_private_file(&files[3], key, force)?;
     Ok(CaInitialized {

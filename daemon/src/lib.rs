@@ -5,5 +5,6 @@
 pub mod config;
 pub mod duration;
 pub mod logging;
+pub mod secret;
 pub mod shutdown;
 pub mod systemd;

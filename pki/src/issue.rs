@@ -16,7 +16,7 @@ use crate::{Fingerprint, Role};
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Certificates are valid from a little before issuance so that hosts whose
 /// clocks lag slightly accept them.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+pub const CERT_BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -177,6 +177,12 @@ impl FleetCa {
         Fingerprint::of_der(&self.cert_der)
     }
 
+    /// A server certificate followed by this CA: what the coordinator presents,
+    /// so enrolling hosts can pin the CA by fingerprint.
+    pub fn chain_pem(&self, leaf_pem: &str) -> String {
+        format!("{}\n{}", leaf_pem.trim_end(), self.cert_pem)
+    }
+
     /// Issues the coordinator's server certificate with a fresh key.
     pub fn issue_server(&self, request: &ServerCertRequest) -> Result<IssuedCert, IssueError> {
         let mut params = CertificateParams::default();
@@ -244,6 +250,18 @@ pub fn generate_key_and_csr(common_name: &str) -> Result<(String, String), Issue
         key.serialize_pem(),
         csr.pem().map_err(IssueError::Generate)?,
     ))
+}
+
+/// A CSR for an existing private key (PEM), so a certificate can be renewed
+/// without the key changing.
+pub fn csr_for_key(common_name: &str, key_pem: &str) -> Result<String, IssueError> {
+    let key = KeyPair::from_pem(key_pem).map_err(IssueError::BadCsr)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(common_name, None);
+    let csr = params
+        .serialize_request(&key)
+        .map_err(IssueError::Generate)?;
+    csr.pem().map_err(IssueError::Generate)
 }
 
 fn client_params(request: &ClientCertRequest) -> Result<CertificateParams, IssueError> {
@@ -333,7 +351,7 @@ fn distinguished_name(common_name: &str, organization: Option<&str>) -> Distingu
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
+    params.not_before = now - CERT_BACKDATE;
     params.not_after = now + validity;
 }
 

@@ -8,21 +8,25 @@
 //! carries roles, and has the ClientAuth extended key usage.
 
 mod dial;
+mod enroll;
 mod files;
 mod fingerprint;
 mod identity;
 mod issue;
+mod pinned;
 mod role;
 mod tls;
 
 pub use dial::{DialError, DialTarget, dial};
+pub use enroll::{EnrollError, Enrollment, Renewal, enroll, install, renew};
 pub use files::{
     FileError, read_certificates, read_private_key, write_private_file, write_public_file,
 };
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use identity::{IdentityError, PeerIdentity};
+pub use issue::{CERT_BACKDATE, csr_for_key, generate_key_and_csr, validate_name};
 pub use issue::{ClientCertRequest, FleetCa, IssueError, IssuedCert, ServerCertRequest};
-pub use issue::{generate_key_and_csr, validate_name};
+pub use pinned::{PinnedCaVerifier, pinned_client_config};
 pub use role::{Role, RoleError};
 pub use tls::{
     FixedClientCert, TlsError, TlsFiles, certified_key, client_config, client_verifier, root_store,

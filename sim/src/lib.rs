@@ -1,1 +1,5 @@
-//! Simulated fleet: stand-in K3s hosts, the demo and the load generator
+//! A simulated K3s fleet on one machine: real coordinator and agent processes,
+//! each agent with its own sandboxed host root, for the demo and for
+//! benchmarks.
+
+pub mod launcher;

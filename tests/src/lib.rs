@@ -1,1 +1,13 @@
-//! End-to-end tests that run the real binaries
+//! The harness end-to-end tests share: a throw-away fleet PKI, and real
+//! coordinator, agent and CLI processes run from the workspace's build.
+//!
+//! Binaries are taken from the cargo target directory this test binary lives
+//! in; `scripts/test.sh` builds them before running the tests.
+
+pub mod pki;
+pub mod process;
+pub mod wait;
+
+pub use pki::TestPki;
+pub use process::{AgentProcess, Cli, CoordinatorProcess, bin};
+pub use wait::wait_until;

@@ -18,7 +18,7 @@ use k3sfleet_proto::v1::{
     coordinator_message,
 };
 use k3sfleet_proto::{PROTOCOL, ProtocolMismatch, negotiate};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -62,10 +62,12 @@ pub enum SessionError {
 
 /// Everything a session needs; shared by all sessions of one agent process.
 pub struct Agent<D> {
-    pub config: Arc<AgentConfig>,
-    pub duties: Arc<D>,
-    pub journal: Arc<Journal>,
-    pub outbox: Arc<Outbox>,
+    config: Arc<AgentConfig>,
+    duties: Arc<D>,
+    journal: Arc<Journal>,
+    outbox: Arc<Outbox>,
+    /// Woken when the session should start over at once (a renewed certificate).
+    reconnect: Arc<Notify>,
 }
 
 impl<D> Clone for Agent<D> {
@@ -75,8 +77,34 @@ impl<D> Clone for Agent<D> {
             duties: self.duties.clone(),
             journal: self.journal.clone(),
             outbox: self.outbox.clone(),
+            reconnect: self.reconnect.clone(),
         }
     }
+}
+
+impl<D> Agent<D> {
+    pub fn new(config: Arc<AgentConfig>, duties: Arc<D>, journal: Arc<Journal>) -> Self {
+        Agent {
+            config,
+            duties,
+            journal,
+            outbox: Arc::new(Outbox::default()),
+            reconnect: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes the current session to reconnect at once.
+    pub fn reconnect_handle(&self) -> Arc<Notify> {
+        self.reconnect.clone()
+    }
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// The coordinator ended it, or the stream failed.
+    Ended,
+    /// We ended it to reconnect at once.
+    Reconnect,
 }
 
 /// Reads the node name from the agent certificate and checks it against the
@@ -115,22 +143,27 @@ impl<D: HostDuties> Agent<D> {
                 _ = stop.cancelled() => return,
             };
             self.outbox.detach();
+            if let Ok(SessionEnd::Reconnect) = outcome {
+                tracing::info!("reconnecting with the renewed certificate");
+                backoff.reset();
+                continue;
+            }
             if started.elapsed() >= HEALTHY_SESSION {
                 backoff.reset();
             }
             let delay = backoff.next_delay();
             match &outcome {
                 Err(
-                    SessionError::Refused(_)
+                    err @ (SessionError::Refused(_)
                     | SessionError::Protocol(_)
-                    | SessionError::Identity { .. },
+                    | SessionError::Identity { .. }),
                 ) => {
-                    tracing::error!(error = %display_error(outcome.as_ref().unwrap_err()), retry_in = ?delay, "session refused")
+                    tracing::error!(error = %display_error(err), retry_in = ?delay, "session refused")
                 }
                 Err(err) => {
                     tracing::warn!(error = %display_error(err), retry_in = ?delay, "session ended")
                 }
-                Ok(()) => tracing::info!(retry_in = ?delay, "session ended"),
+                Ok(_) => tracing::info!(retry_in = ?delay, "session ended"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -140,7 +173,7 @@ impl<D: HostDuties> Agent<D> {
     }
 
     /// One session, from dialing until the stream ends.
-    async fn session(&self, report_sequence: &mut u64) -> Result<(), SessionError> {
+    async fn session(&self, report_sequence: &mut u64) -> Result<SessionEnd, SessionError> {
         let config = &self.config;
         let node_name = node_name(config)?;
         let channel = dial_coordinator(config).await?;
@@ -198,6 +231,7 @@ impl<D: HostDuties> Agent<D> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = self.reconnect.notified() => return Ok(SessionEnd::Reconnect),
                 _ = ticker.tick() => self.send_report(&sender, report_sequence).await?,
                 changed = changes.changed() => {
                     if changed.is_ok() {
@@ -213,7 +247,7 @@ impl<D: HostDuties> Agent<D> {
                         }
                         None => tracing::debug!("ignoring an unknown message from a newer coordinator"),
                     },
-                    None => return Ok(()),
+                    None => return Ok(SessionEnd::Ended),
                 },
             }
         }

@@ -72,7 +72,12 @@ impl AgentService for AgentApi {
             .map_err(|_| Status::internal("session closed before the welcome"))?;
         let ticket = self
             .fleet
-            .connect(hello, outbound, unix_ms())
+            .connect(
+                hello,
+                outbound,
+                peer.not_after.saturating_mul(1000),
+                unix_ms(),
+            )
             .await
             .map_err(|err| Status::internal(format!("cannot record the node: {err}")))?;
         tracing::info!(node = ticket.node, protocol, "agent connected");

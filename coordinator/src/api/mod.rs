@@ -1,7 +1,9 @@
 //! The gRPC services the coordinator serves.
 
+mod access;
 mod admin;
 mod agent;
 
+pub use access::AccessApi;
 pub use admin::AdminApi;
 pub use agent::AgentApi;

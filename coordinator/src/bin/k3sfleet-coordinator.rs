@@ -132,6 +132,9 @@ fn main() -> ExitCode {
 
 fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     let config = CoordinatorConfig::load(&config_path)?;
+    // Fail before anything starts when the credentials are unusable.
+    k3sfleet_pki::root_store(&config.tls.ca)?;
+    k3sfleet_pki::certified_key(&config.tls.cert, &config.tls.key)?;
     logging::init("k3sfleet-coordinator", "info");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {

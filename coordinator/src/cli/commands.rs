@@ -1,10 +1,8 @@
 //! Commands run on one node through its agent: K3s, Tailscale, remediation.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use k3sfleet_proto::v1::admin_service_client::AdminServiceClient;
 use k3sfleet_proto::v1::{
@@ -13,6 +11,7 @@ use k3sfleet_proto::v1::{
 };
 
 use super::connection::ConnectionArgs;
+use k3sfleet_daemon::secret::read_secret;
 
 #[derive(Debug, Args)]
 pub struct CommandOptions {
@@ -174,7 +173,7 @@ pub async fn tailscale(
         extra_flags,
         options,
     } = command;
-    let auth_key = read_secret(&auth_key_file)?;
+    let auth_key = read_secret(&auth_key_file, "auth key")?;
     let action = command::Action::TailscaleUp(TailscaleUp {
         auth_key,
         hostname: hostname.unwrap_or_else(|| node.clone()),
@@ -197,25 +196,6 @@ pub async fn remediate(
         enable_iscsid: args.enable_iscsid,
     });
     run_on(connection, args.node, action, args.options).await
-}
-
-/// Reads a secret from a file or stdin ("-"), trimmed. Its content never
-/// appears in an error.
-fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
-    let mut text = String::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the auth key from stdin")?;
-    } else {
-        text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the auth key from {}", path.display()))?;
-    }
-    let secret = text.trim().to_string();
-    if secret.is_empty() {
-        anyhow::bail!("the auth key in {} is empty", path.display());
-    }
-    Ok(secret)
 }
 
 /// Sends one command and prints its progress; the exit code is the outcome.

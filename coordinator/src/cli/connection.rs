@@ -50,16 +50,24 @@ pub struct CliConfig {
 
 /// Everything needed to connect, after merging flags, environment and file.
 #[derive(Debug)]
-struct Resolved {
-    coordinator: String,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    server_name: Option<String>,
+pub struct Resolved {
+    pub coordinator: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server_name: Option<String>,
+}
+
+impl Resolved {
+    pub fn target(&self) -> DialTarget {
+        let mut target = DialTarget::new(self.coordinator.clone());
+        target.server_name = self.server_name.clone();
+        target
+    }
 }
 
 impl ConnectionArgs {
-    fn resolve(&self) -> anyhow::Result<Resolved> {
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
         let (file, source) = self.load_file()?;
         let missing = |flag: &str, key: &str| {
             let hint = match &source {
@@ -114,9 +122,7 @@ impl ConnectionArgs {
         let roots = k3sfleet_pki::root_store(&resolved.ca)?;
         let identity = k3sfleet_pki::certified_key(&resolved.cert, &resolved.key)?;
         let tls = k3sfleet_pki::client_config(roots, Some(Arc::new(FixedClientCert(identity))));
-        let mut target = DialTarget::new(resolved.coordinator);
-        target.server_name = resolved.server_name;
-        let channel = k3sfleet_pki::dial(&target, Arc::new(tls))
+        let channel = k3sfleet_pki::dial(&resolved.target(), Arc::new(tls))
             .await
             .with_context(|| describe_credentials(&resolved.cert))?;
         Ok(channel)

@@ -1,5 +1,6 @@
 //! The `k3sfleet` operator CLI.
 
+mod access;
 mod commands;
 mod connection;
 mod nodes;
@@ -68,6 +69,14 @@ pub enum CliCommand {
     Tailscale(commands::TailscaleCommand),
     /// Fix a node's host prerequisites (only what is asked).
     Remediate(commands::RemediateArgs),
+    /// Bootstrap tokens for enrolling hosts and operators.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
+    /// Certificates the coordinator issued: list, revoke, renew your own.
+    #[command(subcommand)]
+    Cert(access::CertCommand),
+    /// Get an admin or reader certificate with a bootstrap token.
+    Enroll(access::EnrollArgs),
 }
 
 /// Runs the CLI; the exit code says whether it worked.
@@ -84,6 +93,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::K3s(command) => commands::k3s(&connection, command).await,
         CliCommand::Tailscale(command) => commands::tailscale(&connection, command).await,
         CliCommand::Remediate(args) => commands::remediate(&connection, args).await,
+        CliCommand::Token(command) => access::token(&connection, command).await,
+        CliCommand::Cert(command) => access::cert(&connection, command).await,
+        CliCommand::Enroll(args) => access::enroll(&connection, args).await,
     }
 }
 

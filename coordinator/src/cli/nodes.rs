@@ -15,6 +15,9 @@ use super::output::{self, OutputFormat};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
+    /// Revoke a node: deny its certificates and close its session at once.
+    /// Enrolling it again needs a token created afterwards.
+    Revoke { name: String },
     /// Print a node's latest full health report.
     Show {
         name: String,
@@ -59,6 +62,9 @@ pub fn nodes_table(nodes: &[NodeSummary]) -> String {
 
 pub async fn run(connection: &ConnectionArgs, command: NodeCommand) -> anyhow::Result<ExitCode> {
     match command {
+        NodeCommand::Revoke { name } => {
+            super::access::revoke(connection, name, k3sfleet_pki::Role::Agent).await
+        }
         NodeCommand::Show {
             name,
             output: format,

@@ -80,6 +80,8 @@ struct Session {
     id: u64,
     outbound: Outbound,
     report_interval_ms: i64,
+    /// When the certificate that opened the session expires.
+    cert_not_after_ms: i64,
 }
 
 struct PendingCommand {
@@ -136,6 +138,7 @@ impl Fleet {
         &self,
         hello: Hello,
         outbound: Outbound,
+        cert_not_after_ms: i64,
         now_ms: i64,
     ) -> Result<SessionTicket, FleetError> {
         self.store.record_hello(hello.clone(), now_ms).await?;
@@ -164,6 +167,7 @@ impl Fleet {
                 id: ticket.id,
                 outbound,
                 report_interval_ms: i64::from(hello.report_interval_ms.max(1)),
+                cert_not_after_ms,
             };
             node.hello = Some(hello);
             if let Some(old) = node.session.replace(session) {
@@ -206,6 +210,30 @@ impl Fleet {
         };
         drop(state);
         if closed {
+            self.changed();
+        }
+        closed
+    }
+
+    /// Ends the sessions whose certificate has expired; returns their nodes.
+    pub fn close_expired_sessions(&self, now_ms: i64) -> Vec<String> {
+        let mut state = self.lock();
+        let mut closed = Vec::new();
+        for (name, node) in state.nodes.iter_mut() {
+            if node
+                .session
+                .as_ref()
+                .is_some_and(|s| s.cert_not_after_ms <= now_ms)
+            {
+                let session = node.session.take().expect("checked");
+                let _ = session.outbound.try_send(Err(Status::unauthenticated(
+                    "the session's certificate has expired",
+                )));
+                closed.push(name.clone());
+            }
+        }
+        drop(state);
+        if !closed.is_empty() {
             self.changed();
         }
         closed

@@ -7,16 +7,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k3sfleet_proto::v1::access_service_server::AccessServiceServer;
 use k3sfleet_proto::v1::admin_service_server::AdminServiceServer;
 use k3sfleet_proto::v1::agent_service_server::AgentServiceServer;
+use k3sfleet_proto::v1::certificate_service_server::CertificateServiceServer;
+use k3sfleet_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::transport::Server;
 
+use crate::access::{Access, CertPolicy, Revocations};
+use crate::api::AccessApi;
 use crate::api::{AdminApi, AgentApi};
-use crate::auth::{AuthLayer, RevokedSerials};
+use crate::auth::AuthLayer;
 use crate::config::CoordinatorConfig;
 use crate::fleet::{Fleet, FleetError};
 use crate::store::{Store, StoreError};
@@ -45,6 +50,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ca(#[from] k3sfleet_pki::IssueError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -55,7 +62,7 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub fleet: Arc<Fleet>,
     pub store: Store,
-    pub revoked: Arc<RevokedSerials>,
+    pub revocations: Arc<Revocations>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -78,7 +85,17 @@ impl Running {
 pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
     let store = Store::open(&config.data_dir)?;
     let fleet = Fleet::load(store.clone()).await?;
-    let revoked = Arc::new(RevokedSerials::default());
+    let ca = match &config.tls.ca_key {
+        Some(key) => Some(k3sfleet_pki::FleetCa::load(&config.tls.ca, key)?),
+        None => None,
+    };
+    let policy = CertPolicy {
+        agent: config.enrollment.agent_cert_ttl,
+        admin: config.enrollment.admin_cert_ttl,
+        reader: config.enrollment.reader_cert_ttl,
+    };
+    let access = Arc::new(Access::load(store.clone(), ca, policy).await?);
+    let revocations = access.revocations();
 
     let certificate = ReloadingCertificate::load(config.tls.cert.clone(), config.tls.key.clone())?;
     let verifier = k3sfleet_pki::client_verifier(&config.tls.ca)?;
@@ -105,10 +122,11 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
             .register_encoded_file_descriptor_set(k3sfleet_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let access_api = || AccessApi::new(access.clone(), fleet.clone(), store.clone());
     let router = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .layer(AuthLayer::new(revoked.clone()))
+        .layer(AuthLayer::new(revocations.clone()))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -119,7 +137,10 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         .add_service(AdminServiceServer::new(AdminApi::new(
             fleet.clone(),
             store.clone(),
-        )));
+        )))
+        .add_service(EnrollmentServiceServer::new(access_api()))
+        .add_service(CertificateServiceServer::new(access_api()))
+        .add_service(AccessServiceServer::new(access_api()));
 
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let (stop_serving, serving_stopped) = oneshot::channel::<()>();
@@ -138,6 +159,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
     let background = vec![
         certificate.watch(CERT_RELOAD_INTERVAL),
         spawn_report_flusher(fleet.clone(), config.report_flush_interval),
+        spawn_expiry_sweeper(fleet.clone()),
     ];
     let task = {
         let fleet = fleet.clone();
@@ -162,9 +184,23 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         local_addr,
         fleet,
         store,
-        revoked,
+        revocations,
         shutdown,
         task,
+    })
+}
+
+/// Ends sessions whose certificate expired while they were open (the
+/// handshake checked it only when they began).
+fn spawn_expiry_sweeper(fleet: Arc<Fleet>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            for node in fleet.close_expired_sessions(crate::clock::unix_ms()) {
+                tracing::warn!(node, "closed a session whose certificate expired");
+            }
+        }
     })
 }
 

@@ -6,6 +6,7 @@
 //! operators can inspect it with the `sqlite3` shell when something is odd.
 //! All access goes through one connection on the blocking thread pool.
 
+pub(crate) mod access;
 mod audit;
 mod nodes;
 
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
+pub use access::{CertificateRecord, RevocationRecord, TokenRecord};
 pub use audit::{AuditEntry, AuditEvent};
 pub use nodes::NodeRecord;
 
@@ -43,6 +45,44 @@ const MIGRATIONS: &[&str] = &[
         detail  TEXT NOT NULL
     ) STRICT;
     CREATE INDEX audit_by_node ON audit (node, id);",
+    // 2: enrollment: bootstrap tokens, issued certificates, revocations.
+    "CREATE TABLE tokens (
+        id                TEXT PRIMARY KEY,
+        secret_sha256     BLOB NOT NULL,
+        role              TEXT NOT NULL,
+        name_pattern      TEXT NOT NULL,
+        uses_total        INTEGER NOT NULL,
+        uses_left         INTEGER NOT NULL,
+        expires_at_ms     INTEGER NOT NULL,
+        cert_ttl_s        INTEGER NOT NULL,
+        created_at_ms     INTEGER NOT NULL,
+        created_by        TEXT NOT NULL,
+        revoked_at_ms     INTEGER,
+        description       TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE enrollments (
+        token_id          TEXT NOT NULL REFERENCES tokens (id),
+        name              TEXT NOT NULL,
+        enrolled_at_ms    INTEGER NOT NULL,
+        PRIMARY KEY (token_id, name)
+    ) STRICT;
+    CREATE TABLE certificates (
+        serial            TEXT PRIMARY KEY,
+        name              TEXT NOT NULL,
+        role              TEXT NOT NULL,
+        not_before_ms     INTEGER NOT NULL,
+        not_after_ms      INTEGER NOT NULL,
+        issued_at_ms      INTEGER NOT NULL,
+        issued_via        TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX certificates_by_name ON certificates (name, role);
+    CREATE TABLE revocations (
+        role              TEXT NOT NULL,
+        name              TEXT NOT NULL,
+        revoked_at_ms     INTEGER NOT NULL,
+        revoked_by        TEXT NOT NULL,
+        PRIMARY KEY (role, name)
+    ) STRICT;",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond the Rust toolchain, idempotently:
+# Debian packages, cargo tools, and third-party client binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    prometheus                 # promtool, and a real Prometheus that scrapes agents
+    prometheus-node-exporter   # the footprint benchmark's yardstick
+    iproute2                   # network namespaces for multi-host tests
+    nftables                   # cutting hosts off the network
+)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${db:Status-Abbrev}' "$package" 2>/dev/null | grep -q '^ii' || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${missing[@]}" \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+fi
+
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
