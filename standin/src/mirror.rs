@@ -25,6 +25,9 @@ pub enum MirrorBehaviour {
     /// The connection is cut after this many bytes of a binary's body
     /// (checksum files are served whole).
     CutAfter { bytes: usize },
+    /// After this many bytes of a binary's body nothing more comes, and the
+    /// connection stays open (checksum files are served whole).
+    StallAfter { bytes: usize },
 }
 
 struct Shared {
@@ -168,6 +171,12 @@ async fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<Body>
                         "connection cut by the test mirror",
                     )))
                     .await;
+            }
+            MirrorBehaviour::StallAfter { bytes } if !is_checksum_file => {
+                let stall = bytes.min(data.len());
+                let _ = sender.send(Ok(Frame::data(data.slice(..stall)))).await;
+                // Hold the body open until the client gives up.
+                sender.closed().await;
             }
             _ => {
                 for piece in data.chunks(256 * 1024) {
