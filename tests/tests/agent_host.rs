@@ -453,3 +453,55 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     });
     prometheus.stop();
 }
+
+#[test]
+fn under_systemd_the_agent_says_ready_pings_the_watchdog_and_stops_cleanly() {
+    use std::os::unix::net::UnixDatagram;
+    let site = Site::start();
+    let spec = AgentSpec::new("worker-03", "agent");
+    let home = AgentHome::create(site.dir.path(), site.coordinator.addr, &spec);
+    home.install_certificate(&site.pki);
+    let socket_path = site.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut command = Command::new(k3sfleet_tests::bin("k3sfleet-agent"));
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(&home.config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000");
+    let mut daemon = k3sfleet_tests::process::Daemon::spawn(
+        "agent worker-03",
+        command,
+        home.dir.join("agent.log"),
+    );
+
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !(received.iter().any(|m: &String| m.contains("READY=1"))
+        && received.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        let n = socket.recv(&mut buffer).expect("a notification within 30s");
+        received.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    assert!(
+        received.iter().any(|m| m.contains("STATUS=node worker-03")),
+        "{received:?}"
+    );
+
+    assert_eq!(daemon.stop(), Some(0), "the agent should exit 0 on SIGTERM");
+    let mut stopping = false;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    while !stopping {
+        let Ok(n) = socket.recv(&mut buffer) else {
+            break;
+        };
+        stopping = String::from_utf8_lossy(&buffer[..n]).contains("STOPPING=1");
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+}
