@@ -10,6 +10,7 @@ pub mod checks;
 pub mod config;
 pub mod disks;
 pub mod duties;
+pub mod etcd;
 pub mod host;
 pub mod host_agent;
 pub mod journal;

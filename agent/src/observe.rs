@@ -11,6 +11,7 @@ use k3sfleet_proto::v1::{CheckResult, DiskHealth, Health, K3sState, TailscaleSta
 use crate::checks::{self, LonghornConfig, inventory};
 use crate::config::{AgentConfig, K3sRole};
 use crate::disks::DiskProbe;
+use crate::etcd::EtcdProbe;
 use crate::host::{HostConfig, HostFacts, HostRoot, HostTools};
 use crate::k3s::{K3sHost, K3sManager};
 use crate::tailscale::Tailscale;
@@ -57,6 +58,8 @@ pub struct HostProbe {
     pub tailscale: Tailscale,
     pub disks: DiskProbe,
     longhorn: LonghornConfig,
+    /// Servers only.
+    etcd: Option<EtcdProbe>,
 }
 
 impl std::fmt::Debug for HostProbe {
@@ -95,6 +98,8 @@ impl HostProbe {
             disks: DiskProbe::new(root.clone(), host.disks.clone(), tools.clone()),
             k3s: Arc::new(k3s),
             longhorn: host.longhorn.clone(),
+            etcd: (role == K3sRole::Server)
+                .then(|| EtcdProbe::new(host.etcd.clone(), root.clone())),
             root,
             tools,
             facts,
@@ -119,6 +124,11 @@ impl HostProbe {
             checks::services::k3s(&k3s),
             checks::services::tailscale(&tailscale, now_unix_ms),
         ];
+        if let Some(etcd) = &self.etcd
+            && !k3s.binary_sha256.is_empty()
+        {
+            all.push(etcd.check(k3s.service_active).await);
+        }
         all.extend(checks::disk::run(&disks, self.disks.config()));
         if let Some(inventory) = &inventory {
             all.extend(checks::longhorn::run(inventory, &self.longhorn));

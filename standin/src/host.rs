@@ -326,6 +326,8 @@ pub struct HostToml {
     pub disk_free_warning_ratio: f64,
     pub disk_free_error_ratio: f64,
     pub statfs_timeout: &'static str,
+    /// Servers: where the stand-in kubelet answers etcd's /health.
+    pub etcd_health_url: Option<String>,
 }
 
 impl Default for HostToml {
@@ -338,6 +340,7 @@ impl Default for HostToml {
             disk_free_warning_ratio: 0.0,
             disk_free_error_ratio: 0.0,
             statfs_timeout: "5s",
+            etcd_health_url: None,
         }
     }
 }
@@ -365,7 +368,11 @@ impl HostToml {
             self.disk_free_error_ratio,
             self.statfs_timeout,
             root = toml_string(host.root()),
-        )
+        ) + &self
+            .etcd_health_url
+            .as_ref()
+            .map(|url| format!("\n[host.etcd]\nhealth_url = {url:?}\n"))
+            .unwrap_or_default()
     }
 }
 

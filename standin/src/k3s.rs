@@ -19,7 +19,9 @@ pub enum K3sBehaviour {
 }
 
 /// A shell script that plays K3s `version`: `--version` prints what the
-/// real binary prints, `server`/`agent` start (or not, per `behaviour`), and
+/// real binary prints, `server`/`agent` start (or not, per `behaviour`) and,
+/// on hosts with a stand-in kubelet configured (`.standin/kubelet.env`:
+/// KUBELET, API, NODE, KUBELET_ARGS), replace the running kubelet, and
 /// `etcd-snapshot save --name N` logs `Snapshot N-<host>-<time> saved.`.
 /// `size` pads it (with a comment after `exit`) to a realistic size for
 /// download tests; the padding is deterministic so equal inputs give equal
@@ -36,6 +38,17 @@ pub fn k3s_binary(version: &str, behaviour: K3sBehaviour, size: usize) -> Vec<u8
         K3sBehaviour::ClaimsVersion(other) => other.as_str(),
         _ => version,
     };
+    // With a kubelet configured (the demo's hosts), starting K3s replaces the
+    // running stand-in kubelet with one of this version; a failing binary
+    // leaves none, so the node stops heartbeating, as a crashed K3s would.
+    let kubelet = match &behaviour {
+        K3sBehaviour::Healthy | K3sBehaviour::ClaimsVersion(_) => format!(
+            r#"setsid "$KUBELET" --api "$API" --node "$NODE" --version {claimed} $KUBELET_ARGS \
+                >> "$S/kubelet.log" 2>&1 < /dev/null &
+            echo $! > "$S/kubelet.pid""#
+        ),
+        K3sBehaviour::FailsToStart | K3sBehaviour::HangsOnStart => ":".to_string(),
+    };
     let mut script = format!(
         r#"#!/bin/sh
 # k3s stand-in {version}
@@ -45,6 +58,13 @@ case "$1" in
         echo "go version go1.22.9"
         ;;
     server | agent)
+        S="$K3SFLEET_STANDIN_ROOT/.standin"
+        if [ -n "$K3SFLEET_STANDIN_ROOT" ] && [ -f "$S/kubelet.env" ]; then
+            . "$S/kubelet.env"
+            [ -f "$S/kubelet.pid" ] && kill "$(cat "$S/kubelet.pid")" 2>/dev/null
+            rm -f "$S/kubelet.pid"
+            {kubelet}
+        fi
         {start}
         ;;
     etcd-snapshot)

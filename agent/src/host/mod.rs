@@ -43,6 +43,9 @@ pub struct HostConfig {
     pub disks: DisksConfig,
     #[serde(default)]
     pub longhorn: LonghornConfig,
+    /// Servers only: where the local etcd member answers.
+    #[serde(default)]
+    pub etcd: crate::etcd::EtcdConfig,
 }
 
 impl Default for HostConfig {
@@ -55,6 +58,7 @@ impl Default for HostConfig {
             k3s: K3sConfig::default(),
             disks: DisksConfig::default(),
             longhorn: LonghornConfig::default(),
+            etcd: crate::etcd::EtcdConfig::default(),
         }
     }
 }
