@@ -1,5 +1,6 @@
-//! A simulated K3s fleet on one machine: real coordinator and agent processes,
-//! each agent with its own sandboxed host root, for the demo and for
+//! A simulated K3s fleet on one machine: the simulated Kubernetes cluster, a
+//! coordinator and real agents on stand-in hosts, for the demo, tests and
 //! benchmarks.
 
-pub mod launcher;
+pub mod lab;
+pub mod process;

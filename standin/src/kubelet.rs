@@ -29,6 +29,9 @@ pub struct KubeletSpec {
     pub heartbeat: Duration,
     /// Where a server answers etcd's /health.
     pub etcd_health: Option<SocketAddr>,
+    /// The stand-in host this kubelet belongs to: it exits once the host's
+    /// `.standin/kubelet.env` is gone (the test or demo that made it ended).
+    pub host_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,11 @@ pub async fn run(spec: KubeletSpec) -> Result<(), KubeletError> {
     tokio::time::sleep(spec.ready_after).await;
     let status_url = format!("{}/api/v1/nodes/{}/status", spec.api, spec.node);
     loop {
+        if let Some(root) = &spec.host_root
+            && !root.join(".standin/kubelet.env").exists()
+        {
+            return Ok(());
+        }
         let now = k3sfleet_kubesim::time::Now::capture();
         let patch = k3sfleet_kubesim::kubelet::ready_status_patch(true, &spec.version, &now);
         if let Err(err) = send(

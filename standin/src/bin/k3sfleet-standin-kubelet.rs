@@ -30,6 +30,9 @@ struct Args {
     /// Answer etcd /health here (servers)
     #[arg(long)]
     etcd_health: Option<SocketAddr>,
+    /// Exit once this stand-in host's .standin/kubelet.env is gone
+    #[arg(long)]
+    standin_root: Option<std::path::PathBuf>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -43,6 +46,7 @@ async fn main() -> ExitCode {
         ready_after: args.ready_after,
         heartbeat: args.heartbeat,
         etcd_health: args.etcd_health,
+        host_root: args.standin_root,
     };
     match run(spec).await {
         Ok(()) => ExitCode::SUCCESS,
