@@ -3,7 +3,9 @@
 mod access;
 mod admin;
 mod agent;
+mod drain;
 
 pub use access::AccessApi;
 pub use admin::AdminApi;
 pub use agent::AgentApi;
+pub use drain::{DrainApi, dry_run_summary, outcome_name};
