@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use k3sfleet_agent::check_cmd::{self, CheckOptions};
 use k3sfleet_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use k3sfleet_agent::host_agent::HostAgent;
 use k3sfleet_agent::journal::Journal;
+use k3sfleet_agent::metrics;
 use k3sfleet_agent::renewal;
 use k3sfleet_agent::session::{self, Agent};
 use k3sfleet_daemon::{logging, shutdown, systemd};
@@ -30,6 +32,24 @@ enum Command {
         /// Configuration file
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "K3SFLEET_AGENT_CONFIG")]
         config: PathBuf,
+    },
+    /// Run every host check once and print the results. Exit status: 0 when
+    /// no check is an error, 1 when one is, 2 when the checks cannot run.
+    /// Needs no coordinator; reads only the [host] section of the config.
+    Check {
+        /// Configuration file [default: /etc/k3sfleet/agent.toml if it exists]
+        #[arg(long, short, env = "K3SFLEET_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print JSON (the health report's proto3 JSON) instead of text
+        #[arg(long)]
+        json: bool,
+        /// First load the kernel modules Longhorn needs and persist them in
+        /// /etc/modules-load.d
+        #[arg(long)]
+        fix_modules: bool,
+        /// First enable and start iscsid
+        #[arg(long)]
+        fix_iscsid: bool,
     },
     /// Join the fleet with a bootstrap token: generate this host's key (it never
     /// leaves the host), get a certificate for the node name, and write key,
@@ -70,6 +90,19 @@ fn main() -> ExitCode {
         config: PathBuf::from(DEFAULT_CONFIG_PATH),
     }) {
         Command::Run { config } => run_daemon(config),
+        Command::Check {
+            config,
+            json,
+            fix_modules,
+            fix_iscsid,
+        } => {
+            return run_check(CheckOptions {
+                config,
+                json,
+                fix_modules,
+                fix_iscsid,
+            });
+        }
         Command::Enroll {
             config,
             coordinator,
@@ -86,6 +119,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_check(options: CheckOptions) -> ExitCode {
+    logging::init("k3sfleet-agent", "warn");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("k3sfleet-agent: cannot start the async runtime: {err}");
+            return ExitCode::from(check_cmd::EXIT_CANNOT_RUN);
+        }
+    };
+    ExitCode::from(runtime.block_on(check_cmd::run(options)))
 }
 
 fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
@@ -108,8 +156,14 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let config = Arc::new(config);
-        let agent = Agent::new(config.clone(), HostAgent::new(&config), Arc::new(journal));
+        let duties = HostAgent::new(config.clone());
         let stop = CancellationToken::new();
+        let observer = duties.spawn_observer(stop.clone());
+        let metrics = match config.metrics.enabled {
+            true => Some(serve_metrics(&config, duties.clone(), stop.clone()).await?),
+            false => None,
+        };
+        let agent = Agent::new(config.clone(), duties, Arc::new(journal));
         let renewal = tokio::spawn(renewal::keep_renewed(
             config.clone(),
             agent.reconnect_handle(),
@@ -126,9 +180,34 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
         tracing::info!(signal, "shutting down");
         systemd::notify_stopping();
         stop.cancel();
-        let _ = tokio::join!(session, renewal);
+        let _ = tokio::join!(session, renewal, observer);
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         Ok(())
     })
+}
+
+/// Binds `metrics.listen` (failing start-up if it cannot) and serves
+/// /metrics; the bound address goes to `<state_dir>/metrics-address`, which
+/// tells tests and scripts the port when the config says port 0.
+async fn serve_metrics(
+    config: &AgentConfig,
+    duties: Arc<HostAgent>,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = metrics::bind(config.metrics.listen).await?;
+    let address = listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    let path = config.state_dir.join("metrics-address");
+    let tmp = config.state_dir.join("metrics-address.tmp");
+    std::fs::write(&tmp, format!("{address}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(%address, "serving metrics");
+    let render: metrics::Render = Arc::new(move || duties.metrics_text());
+    Ok(tokio::spawn(metrics::serve(listener, render, stop)))
 }
 
 fn enroll(

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod drain;
 pub mod fleet;
+pub mod http;
 pub mod kube;
 pub mod pki_cmd;
 pub mod rollout;

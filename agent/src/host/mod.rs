@@ -3,33 +3,72 @@
 
 mod facts;
 mod figures;
+pub mod selinux;
+pub mod systemd;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use k3sfleet_daemon::config::{self, ConfigError};
 use serde::Deserialize;
 
 pub use facts::HostFacts;
 pub use figures::HostFigureSampler;
+pub use tools::{HostTools, Tool, ToolError, ToolOutput, ToolPaths};
 
+use crate::checks::LonghornConfig;
+use crate::disks::DisksConfig;
+use crate::k3s::K3sConfig;
+
+/// `[host]`: the host the agent manages and how it reaches its tools.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// Every host path the agent reads or writes is resolved under this root.
     #[serde(default = "default_root")]
     pub root: PathBuf,
+    /// Longest a host tool may run (except K3s restarts and snapshots, which
+    /// have their own limits); it is killed after that.
+    #[serde(default = "default_tool_timeout", with = "k3sfleet_daemon::duration")]
+    pub tool_timeout: Duration,
+    /// How often the host checks run; a check changing state is reported at once.
+    #[serde(default = "default_check_interval", with = "k3sfleet_daemon::duration")]
+    pub check_interval: Duration,
+    #[serde(default)]
+    pub tools: ToolPaths,
+    #[serde(default)]
+    pub k3s: K3sConfig,
+    #[serde(default)]
+    pub disks: DisksConfig,
+    #[serde(default)]
+    pub longhorn: LonghornConfig,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             root: default_root(),
+            tool_timeout: default_tool_timeout(),
+            check_interval: default_check_interval(),
+            tools: ToolPaths::default(),
+            k3s: K3sConfig::default(),
+            disks: DisksConfig::default(),
+            longhorn: LonghornConfig::default(),
         }
     }
 }
 
 fn default_root() -> PathBuf {
     PathBuf::from("/")
+}
+
+fn default_tool_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(15)
 }
 
 impl HostConfig {
@@ -41,7 +80,32 @@ impl HostConfig {
                 format!("{} is not a directory", self.root.display()),
             ));
         }
-        Ok(())
+        if self.tool_timeout < Duration::from_millis(100) {
+            return Err(config::invalid(
+                path,
+                "host.tool_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        if self.check_interval < Duration::from_secs(1) {
+            return Err(config::invalid(
+                path,
+                "host.check_interval",
+                "must be at least 1s",
+            ));
+        }
+        self.k3s.validate(path)?;
+        self.disks.validate(path)
+    }
+
+    /// The host tools, with the K3s binary resolved under the root.
+    pub fn tools(&self) -> HostTools {
+        let root = HostRoot::new(self.root.clone());
+        HostTools::new(
+            self.tools.clone(),
+            root.path(&self.k3s.binary),
+            self.tool_timeout,
+        )
     }
 }
 

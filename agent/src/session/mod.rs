@@ -21,6 +21,7 @@ use k3sfleet_proto::{PROTOCOL, ProtocolMismatch, negotiate};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 pub use backoff::Backoff;
 
@@ -119,6 +120,17 @@ pub fn node_name(config: &AgentConfig) -> Result<String, SessionError> {
     Ok(identity.name)
 }
 
+/// Opens an mTLS channel to the coordinator with the certificate currently
+/// on disk (the session and artifact downloads use it).
+pub async fn dial_coordinator(config: &AgentConfig) -> Result<Channel, SessionError> {
+    let roots = k3sfleet_pki::root_store(&config.tls.ca)?;
+    let identity = k3sfleet_pki::certified_key(&config.tls.cert, &config.tls.key)?;
+    let tls = k3sfleet_pki::client_config(roots, Some(Arc::new(FixedClientCert(identity))));
+    let mut target = DialTarget::new(config.coordinator.address.clone());
+    target.server_name = config.coordinator.server_name.clone();
+    Ok(k3sfleet_pki::dial(&target, Arc::new(tls)).await?)
+}
+
 impl<D: HostDuties> Agent<D> {
     /// Keeps a session up until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
@@ -164,12 +176,7 @@ impl<D: HostDuties> Agent<D> {
     async fn session(&self, report_sequence: &mut u64) -> Result<SessionEnd, SessionError> {
         let config = &self.config;
         let node_name = node_name(config)?;
-        let roots = k3sfleet_pki::root_store(&config.tls.ca)?;
-        let identity = k3sfleet_pki::certified_key(&config.tls.cert, &config.tls.key)?;
-        let tls = k3sfleet_pki::client_config(roots, Some(Arc::new(FixedClientCert(identity))));
-        let mut target = DialTarget::new(config.coordinator.address.clone());
-        target.server_name = config.coordinator.server_name.clone();
-        let channel = k3sfleet_pki::dial(&target, Arc::new(tls)).await?;
+        let channel = dial_coordinator(config).await?;
 
         let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
         sender

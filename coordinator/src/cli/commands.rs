@@ -28,6 +28,9 @@ pub struct CommandOptions {
 pub enum K3sCommand {
     /// Install or upgrade K3s on a node to an exact version, verified by checksum,
     /// rolled back if it does not come up healthy.
+    // `--version` here is the K3s version: without this, clap's propagated
+    // `--version` flag collides with it (a panic in debug builds).
+    #[command(disable_version_flag = true)]
     Install {
         node: String,
         /// K3s release tag, e.g. v1.31.5+k3s1

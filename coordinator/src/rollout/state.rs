@@ -85,16 +85,6 @@ impl Step {
         !self.is_terminal() && self != Step::Pending
     }
 
-    /// Steps that change the node (as opposed to checking it). An abort lets a
-    /// node finish `Install` (the agent must not be cut off mid-swap) and the
-    /// checks after it; earlier disruptive steps stop at once.
-    pub fn abort_waits_for(self) -> bool {
-        matches!(
-            self,
-            Step::Install | Step::WaitReady | Step::Settle | Step::Uncordon
-        )
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Pending => "pending",
@@ -115,6 +105,30 @@ impl Step {
 
     pub fn parse(text: &str) -> Option<Step> {
         Step::ALL.into_iter().find(|step| step.as_str() == text)
+    }
+}
+
+/// Whether a node may begin `step` while the rollout is in `phase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Proceed,
+    /// Paused: wait before this step, the node stays as it is.
+    Wait,
+    /// Aborting: stop here; k3sfleet's cordon will be lifted.
+    Stop,
+}
+
+/// Pausing holds every step that changes a node or starts one; the checks
+/// after an install still run, so a node mid-upgrade returns to service.
+/// Aborting stops nodes before their install; nodes past it finish.
+pub fn gate(phase: Phase, step: Step) -> Gate {
+    let after_install = matches!(step, Step::WaitReady | Step::Settle | Step::Uncordon);
+    match phase {
+        Phase::Running => Gate::Proceed,
+        Phase::Paused if after_install => Gate::Proceed,
+        Phase::Paused => Gate::Wait,
+        Phase::Aborting | Phase::Aborted | Phase::Completed if after_install => Gate::Proceed,
+        Phase::Aborting | Phase::Aborted | Phase::Completed => Gate::Stop,
     }
 }
 
@@ -313,6 +327,20 @@ mod tests {
             step,
             attempt,
             failure: (step == Step::Failed).then_some("install failed: k3s did not become active"),
+        }
+    }
+
+    #[test]
+    fn gates_hold_disruptive_steps_and_let_upgraded_nodes_finish() {
+        use Step::*;
+        for step in [PreCheck, Snapshot, Cordon, Drain, Install] {
+            assert_eq!(gate(Phase::Running, step), Gate::Proceed);
+            assert_eq!(gate(Phase::Paused, step), Gate::Wait, "{step:?}");
+            assert_eq!(gate(Phase::Aborting, step), Gate::Stop, "{step:?}");
+        }
+        for step in [WaitReady, Settle, Uncordon] {
+            assert_eq!(gate(Phase::Paused, step), Gate::Proceed, "{step:?}");
+            assert_eq!(gate(Phase::Aborting, step), Gate::Proceed, "{step:?}");
         }
     }
 
