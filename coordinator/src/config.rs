@@ -30,6 +30,27 @@ pub struct CoordinatorConfig {
     /// How often received health reports are written to the database.
     #[serde(default = "default_report_flush", with = "k3sfleet_daemon::duration")]
     pub report_flush_interval: Duration,
+    /// Access to the cluster's API, for draining nodes. Without it the drain
+    /// RPCs answer FAILED_PRECONDITION.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file for the cluster (e.g. K3s's /etc/rancher/k3s/k3s.yaml).
+    pub kubeconfig: PathBuf,
+    /// The kubeconfig context to use [default: its current context].
+    #[serde(default)]
+    pub context: Option<String>,
+    /// How long a drain may take when the request does not say.
+    #[serde(default = "default_drain_timeout", with = "k3sfleet_daemon::duration")]
+    pub drain_timeout: Duration,
+}
+
+fn default_drain_timeout() -> Duration {
+    crate::drain::DEFAULT_TIMEOUT
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +157,25 @@ impl CoordinatorConfig {
                 return Err(config::invalid(path, key, "must be between 1m and 365d"));
             }
         }
+        if let Some(kubernetes) = &self.kubernetes {
+            if !kubernetes.kubeconfig.is_file() {
+                return Err(config::invalid(
+                    path,
+                    "kubernetes.kubeconfig",
+                    format!(
+                        "{} does not exist or is not a file",
+                        kubernetes.kubeconfig.display()
+                    ),
+                ));
+            }
+            if kubernetes.drain_timeout.is_zero() {
+                return Err(config::invalid(
+                    path,
+                    "kubernetes.drain_timeout",
+                    "must be greater than zero",
+                ));
+            }
+        }
         let mut files = vec![
             ("tls.ca", &self.tls.ca),
             ("tls.cert", &self.tls.cert),
@@ -171,6 +211,32 @@ mod tests {
         assert_eq!(config.listen.port(), 7443);
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/k3sfleet"));
         assert_eq!(config.report_flush_interval, Duration::from_secs(5));
+        assert!(config.kubernetes.is_none());
+    }
+
+    #[test]
+    fn the_kubernetes_section_needs_a_kubeconfig_that_exists() {
+        let tls = "[tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n";
+        let err = parse(&format!("{tls}[kubernetes]\ncontext = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kubeconfig"), "{err}");
+
+        let config = parse(&format!(
+            "{tls}[kubernetes]\nkubeconfig = \"/nonexistent/k3s.yaml\"\ndrain_timeout = \"2m\"\n"
+        ))
+        .unwrap();
+        let kubernetes = config.kubernetes.as_ref().unwrap();
+        assert_eq!(kubernetes.drain_timeout, Duration::from_secs(120));
+        assert_eq!(kubernetes.context, None);
+        let err = config
+            .validate(Path::new("coordinator.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kubernetes.kubeconfig") && err.contains("/nonexistent/k3s.yaml"),
+            "{err}"
+        );
     }
 
     #[test]

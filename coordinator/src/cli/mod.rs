@@ -3,6 +3,7 @@
 mod access;
 mod commands;
 mod connection;
+mod drain;
 mod nodes;
 mod output;
 mod rollout_view;
@@ -71,6 +72,11 @@ pub enum CliCommand {
     Tailscale(commands::TailscaleCommand),
     /// Fix a node's host prerequisites (only what is asked).
     Remediate(commands::RemediateArgs),
+    /// Cordon a node and evict its pods without breaking any PodDisruptionBudget,
+    /// showing each pod as it goes and what blocks it.
+    Drain(drain::DrainArgs),
+    /// Make a node schedulable again.
+    Uncordon { node: String },
     /// Bootstrap tokens for enrolling hosts and operators.
     #[command(subcommand)]
     Token(access::TokenCommand),
@@ -98,6 +104,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::K3s(command) => commands::k3s(&connection, command).await,
         CliCommand::Tailscale(command) => commands::tailscale(&connection, command).await,
         CliCommand::Remediate(args) => commands::remediate(&connection, args).await,
+        CliCommand::Drain(args) => drain::drain(&connection, args).await,
+        CliCommand::Uncordon { node } => drain::uncordon(&connection, node).await,
         CliCommand::Token(command) => access::token(&connection, command).await,
         CliCommand::Cert(command) => access::cert(&connection, command).await,
         CliCommand::Enroll(args) => access::enroll(&connection, args).await,

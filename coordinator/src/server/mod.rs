@@ -11,6 +11,7 @@ use k3sfleet_proto::v1::access_service_server::AccessServiceServer;
 use k3sfleet_proto::v1::admin_service_server::AdminServiceServer;
 use k3sfleet_proto::v1::agent_service_server::AgentServiceServer;
 use k3sfleet_proto::v1::certificate_service_server::CertificateServiceServer;
+use k3sfleet_proto::v1::drain_service_server::DrainServiceServer;
 use k3sfleet_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use k3sfleet_proto::v1::rollout_service_server::RolloutServiceServer;
 use tokio::net::TcpListener;
@@ -21,7 +22,7 @@ use tonic::transport::Server;
 
 use crate::access::{Access, CertPolicy, Revocations};
 use crate::api::{AccessApi, RolloutApi};
-use crate::api::{AdminApi, AgentApi};
+use crate::api::{AdminApi, AgentApi, DrainApi};
 use crate::auth::AuthLayer;
 use crate::config::CoordinatorConfig;
 use crate::fleet::{Fleet, FleetError};
@@ -54,6 +55,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Ca(#[from] k3sfleet_pki::IssueError),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kube::KubeClientError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -119,11 +122,13 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health.set_serving::<DrainServiceServer<DrainApi>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(k3sfleet_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let drain_api = drain_api(&config, store.clone()).await?;
     let access_api = || AccessApi::new(access.clone(), fleet.clone(), store.clone());
     let rollouts = RolloutEngine::new(
         store.clone(),
@@ -150,6 +155,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         .add_service(EnrollmentServiceServer::new(access_api()))
         .add_service(CertificateServiceServer::new(access_api()))
         .add_service(AccessServiceServer::new(access_api()))
+        .add_service(DrainServiceServer::new(drain_api))
         .add_service(RolloutServiceServer::new(RolloutApi::new(rollouts.clone())));
 
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
@@ -208,6 +214,20 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         shutdown,
         task,
     })
+}
+
+/// The drain service, with Kubernetes access when the config gives it.
+async fn drain_api(config: &CoordinatorConfig, store: Store) -> Result<DrainApi, StartError> {
+    let Some(kubernetes) = &config.kubernetes else {
+        tracing::info!("no [kubernetes] section: draining is off");
+        return Ok(DrainApi::new(None, crate::drain::DEFAULT_TIMEOUT, store));
+    };
+    let client = crate::kube::client(&kubernetes.kubeconfig, kubernetes.context.as_deref()).await?;
+    Ok(DrainApi::new(
+        Some(crate::drain::DrainEngine::new(client)),
+        kubernetes.drain_timeout,
+        store,
+    ))
 }
 
 /// Ends sessions whose certificate expired while they were open (the
