@@ -23,6 +23,7 @@
 //! (kube's default client does, silently): build it with
 //! [`crate::kube::client`], which turns that off.
 
+pub mod cluster;
 mod engine;
 mod error;
 mod eviction;

@@ -128,12 +128,20 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
             .register_encoded_file_descriptor_set(k3sfleet_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let drain_api = drain_api(&config, store.clone()).await?;
+    let drain_engine = drain_engine(&config).await?;
+    let drain_api = DrainApi::new(
+        drain_engine.clone(),
+        config
+            .kubernetes
+            .as_ref()
+            .map_or(crate::drain::DEFAULT_TIMEOUT, |k| k.drain_timeout),
+        store.clone(),
+    );
     let access_api = || AccessApi::new(access.clone(), fleet.clone(), store.clone());
     let rollouts = RolloutEngine::new(
         store.clone(),
         fleet.clone(),
-        None,
+        drain_engine.map(|engine| Arc::new(engine) as Arc<dyn crate::rollout::cluster::Cluster>),
         config.artifacts.dir.clone(),
         EngineSettings::default(),
     );
@@ -216,18 +224,17 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
     })
 }
 
-/// The drain service, with Kubernetes access when the config gives it.
-async fn drain_api(config: &CoordinatorConfig, store: Store) -> Result<DrainApi, StartError> {
+/// The drain engine, when the config gives Kubernetes access; rollouts and
+/// DrainService share it.
+async fn drain_engine(
+    config: &CoordinatorConfig,
+) -> Result<Option<crate::drain::DrainEngine>, StartError> {
     let Some(kubernetes) = &config.kubernetes else {
-        tracing::info!("no [kubernetes] section: draining is off");
-        return Ok(DrainApi::new(None, crate::drain::DEFAULT_TIMEOUT, store));
+        tracing::info!("no [kubernetes] section: draining and rollouts are off");
+        return Ok(None);
     };
     let client = crate::kube::client(&kubernetes.kubeconfig, kubernetes.context.as_deref()).await?;
-    Ok(DrainApi::new(
-        Some(crate::drain::DrainEngine::new(client)),
-        kubernetes.drain_timeout,
-        store,
-    ))
+    Ok(Some(crate::drain::DrainEngine::new(client)))
 }
 
 /// Ends sessions whose certificate expired while they were open (the
