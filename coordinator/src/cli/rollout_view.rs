@@ -262,6 +262,31 @@ pub fn summary(status: &RolloutStatus) -> String {
     out
 }
 
+/// Why a rollout paused and what the operator can do about it.
+pub fn paused_hint(status: &RolloutStatus) -> String {
+    let reason = if status.pause_reason.is_empty() {
+        "paused by an operator"
+    } else {
+        &status.pause_reason
+    };
+    let mut out = format!("Paused: {reason}\n");
+    let failed: Vec<&str> = status
+        .nodes
+        .iter()
+        .filter(|n| n.step == "failed")
+        .map(|n| n.name.as_str())
+        .collect();
+    for node in status.nodes.iter().filter(|n| n.step == "failed") {
+        let _ = writeln!(out, "  {} failed: {}", node.name, node.failure);
+    }
+    out.push_str("Decide: k3sfleet upgrade resume");
+    if let Some(node) = failed.first() {
+        let _ = write!(out, " | retry {node} | skip {node}");
+    }
+    out.push_str(" | abort");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +422,32 @@ mod tests {
         assert!(
             text.contains("Time by reason (all nodes): pdb shop/web 20s, install 5s"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn paused_hint_names_the_reason_failures_and_choices() {
+        let mut failed = node("worker-03", false, "failed", 2);
+        failed.failure = "install failed: k3s.service did not come up; rolled back".into();
+        let paused = RolloutStatus {
+            phase: "paused".into(),
+            pause_reason: "worker-03 failed at install".into(),
+            nodes: vec![node("worker-01", false, "done", 2), failed],
+            ..Default::default()
+        };
+        assert_eq!(
+            paused_hint(&paused),
+            "Paused: worker-03 failed at install\n\
+             \x20 worker-03 failed: install failed: k3s.service did not come up; rolled back\n\
+             Decide: k3sfleet upgrade resume | retry worker-03 | skip worker-03 | abort"
+        );
+        let by_operator = RolloutStatus {
+            phase: "paused".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            paused_hint(&by_operator),
+            "Paused: paused by an operator\nDecide: k3sfleet upgrade resume | abort"
         );
     }
 }

@@ -29,7 +29,7 @@ pub enum UpgradeCommand {
     Start {
         #[command(flatten)]
         options: OptionsArgs,
-        /// Follow it live until it ends
+        /// Follow it live until it ends or pauses (exit status as for `watch`)
         #[arg(long)]
         watch: bool,
     },
@@ -42,6 +42,9 @@ pub enum UpgradeCommand {
         output: OutputFormat,
     },
     /// Follow the rollout live: a table on a terminal, one line per change when piped.
+    ///
+    /// Exit status: 0 when it completed, 2 when it paused (waiting for
+    /// resume, retry, skip or abort), 1 otherwise.
     Watch {
         #[arg(long, default_value_t = 0)]
         id: u64,
@@ -199,15 +202,28 @@ async fn follow(client: &mut RolloutServiceClient<Channel>, id: u64) -> anyhow::
             }
         }
         out.flush()?;
+        let paused = status.phase == "paused";
         previous = Some(status);
+        // Like `kubectl rollout status`: a paused rollout waits on a person,
+        // so following it further would only hang the terminal or the script.
+        if paused {
+            break;
+        }
     }
     let Some(last) = previous else {
         anyhow::bail!("the coordinator closed the watch without a status");
     };
     print!("\n{}", rollout_view::summary(&last));
-    Ok(if last.phase == "completed" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(match last.phase.as_str() {
+        "completed" => ExitCode::SUCCESS,
+        "paused" => {
+            println!("{}", rollout_view::paused_hint(&last));
+            ExitCode::from(PAUSED_EXIT)
+        }
+        _ => ExitCode::FAILURE,
     })
 }
+
+/// `upgrade watch` (and `start --watch`) exit status for a rollout that
+/// paused and waits for an operator's decision.
+const PAUSED_EXIT: u8 = 2;

@@ -56,6 +56,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         &args.max_unavailable,
         "--settle",
         &args.settle,
+        // The shop's search indexer keeps scratch data in an emptyDir.
+        "--delete-emptydir-data",
     ];
     println!("\n$ k3sfleet upgrade plan {}", options.join(" "));
     print!(
