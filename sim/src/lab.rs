@@ -330,12 +330,12 @@ fn stop_kubelet(host: &StandinHost) {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The fleet CA, the coordinator's certificate chain and an admin certificate.
-fn create_pki(dir: &Path) -> anyhow::Result<FleetCa> {
+pub(crate) fn create_pki(dir: &Path) -> anyhow::Result<FleetCa> {
     std::fs::create_dir_all(dir)?;
     let ca = FleetCa::generate("k3sfleet lab CA")?;
     ca.save(&dir.join("ca.crt"), &dir.join("ca.key"), true)?;
@@ -367,7 +367,11 @@ fn create_pki(dir: &Path) -> anyhow::Result<FleetCa> {
     Ok(ca)
 }
 
-fn start_coordinator(config: &Path, addr: SocketAddr, log: &Path) -> anyhow::Result<Process> {
+pub(crate) fn start_coordinator(
+    config: &Path,
+    addr: SocketAddr,
+    log: &Path,
+) -> anyhow::Result<Process> {
     let mut command = Command::new(binary("k3sfleet-coordinator")?);
     command.arg("run").arg("--config").arg(config);
     let mut process = Process::spawn("coordinator", command, log)?;

@@ -3,4 +3,5 @@
 //! benchmarks.
 
 pub mod lab;
+pub mod load;
 pub mod process;
