@@ -4,4 +4,5 @@
 
 pub mod lab;
 pub mod load;
+pub mod netns;
 pub mod process;

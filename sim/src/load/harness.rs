@@ -13,8 +13,12 @@ use rustls::pki_types::ServerName;
 use tonic::transport::Channel;
 
 use super::Target;
-use crate::lab::{create_pki, free_port, start_coordinator};
+use crate::lab::{create_pki_for, free_port, start_coordinator};
+use crate::netns::NetHost;
 use crate::process::{Process, binary};
+
+/// The coordinator's port inside a network namespace of its own.
+const NETNS_PORT: u16 = 7443;
 
 #[derive(Debug)]
 pub struct LoadCoordinator {
@@ -24,17 +28,31 @@ pub struct LoadCoordinator {
     pub process: Process,
     config: PathBuf,
     pki: PathBuf,
+    /// The namespace it runs in; `None`: this machine's loopback.
+    netns: Option<NetHost>,
 }
 
 impl LoadCoordinator {
-    /// Creates the PKI and config under `dir` and starts the coordinator.
-    /// `extra` is appended to the config's top-level keys.
+    /// Creates the PKI and config under `dir` and starts the coordinator on
+    /// 127.0.0.1. `extra` is appended to the config's top-level keys.
     pub fn start(dir: &Path, extra: &str) -> anyhow::Result<LoadCoordinator> {
+        Self::start_on(dir, extra, None)
+    }
+
+    /// As [`LoadCoordinator::start`], inside `netns` (at its address) if given.
+    pub fn start_on(
+        dir: &Path,
+        extra: &str,
+        netns: Option<NetHost>,
+    ) -> anyhow::Result<LoadCoordinator> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = std::fs::canonicalize(dir)?;
         let pki = dir.join("pki");
-        let ca = create_pki(&pki)?;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let addr: SocketAddr = match &netns {
+            Some(host) => SocketAddr::new(host.address.into(), NETNS_PORT),
+            None => format!("127.0.0.1:{}", free_port()?).parse()?,
+        };
+        let ca = create_pki_for(&pki, &addr.ip().to_string())?;
         let config = dir.join("coordinator.toml");
         std::fs::write(
             &config,
@@ -47,15 +65,22 @@ impl LoadCoordinator {
                 artifacts = dir.join("artifacts").display(),
             ),
         )?;
-        let process = start_coordinator(&config, addr, &dir.join("coordinator.log"))?;
-        Ok(LoadCoordinator {
+        let mut coordinator = LoadCoordinator {
             dir,
             addr,
             ca,
-            process,
+            process: Process::placeholder("coordinator"),
             config,
             pki,
-        })
+            netns,
+        };
+        coordinator.start_again()?;
+        Ok(coordinator)
+    }
+
+    /// The fleet CA certificate and key files.
+    pub fn ca_files(&self) -> (PathBuf, PathBuf) {
+        (self.pki.join("ca.crt"), self.pki.join("ca.key"))
     }
 
     /// Where simulated agents connect.
@@ -90,9 +115,13 @@ impl LoadCoordinator {
         Ok(k3sfleet_pki::dial(&DialTarget::new(self.addr.to_string()), Arc::new(tls)).await?)
     }
 
-    /// The `k3sfleet` CLI as the admin.
+    /// The `k3sfleet` CLI as the admin (inside the coordinator's namespace).
     pub fn cli(&self) -> anyhow::Result<Command> {
-        let mut command = Command::new(binary("k3sfleet")?);
+        let program = binary("k3sfleet")?;
+        let mut command = match &self.netns {
+            Some(host) => host.command(program),
+            None => Command::new(program),
+        };
         command
             .env("HOME", &self.dir)
             .env("K3SFLEET_COORDINATOR", self.addr.to_string())
@@ -129,7 +158,11 @@ impl LoadCoordinator {
 
     /// Starts it again on the same data; returns once it listens.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
-        self.process = start_coordinator(&self.config, self.addr, &self.process.log)?;
+        let log = self.dir.join("coordinator.log");
+        self.process = match &self.netns {
+            None => start_coordinator(&self.config, self.addr, &log)?,
+            Some(host) => start_in_netns(host, &self.config, self.addr, &log)?,
+        };
         Ok(())
     }
 }
@@ -140,4 +173,37 @@ pub fn connected_nodes(nodes: &[serde_json::Value]) -> usize {
         .iter()
         .filter(|n| n["connectivity"] == "CONNECTIVITY_CONNECTED")
         .count()
+}
+
+/// Starts the coordinator inside `host`'s namespace; returns once it listens
+/// (checked from inside, with bash's /dev/tcp).
+fn start_in_netns(
+    host: &NetHost,
+    config: &Path,
+    addr: SocketAddr,
+    log: &Path,
+) -> anyhow::Result<Process> {
+    let mut command = host.command(binary("k3sfleet-coordinator")?);
+    command.arg("run").arg("--config").arg(config);
+    let mut process = Process::spawn("coordinator", command, log)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listening = host
+            .command("bash")
+            .arg("-c")
+            .arg(format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port()))
+            .stderr(std::process::Stdio::null())
+            .status()?
+            .success();
+        if listening {
+            return Ok(process);
+        }
+        process.check_running()?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the coordinator did not listen on {addr} in {} within 30s",
+            host.netns
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
