@@ -23,7 +23,6 @@ use crate::store::{NodeProgress, RolloutRecord};
 const POLL: Duration = Duration::from_millis(500);
 /// Defaults when the rollout's options leave them at zero.
 const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
-const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time for the download on top of the agent's health timeout.
 const INSTALL_MARGIN: Duration = Duration::from_secs(600);
@@ -255,10 +254,7 @@ impl RolloutEngine {
             .cluster
             .clone()
             .ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
-        let request = DrainRequest {
-            timeout: seconds_or(rollout.options.drain_timeout_seconds, DEFAULT_DRAIN_TIMEOUT),
-            delete_emptydir_data: rollout.options.delete_emptydir_data,
-        };
+        let request = DrainRequest::for_rollout(&rollout.options);
         let (events, mut receiver) = tokio::sync::mpsc::channel(64);
         let cancel = shutdown.child_token();
         let watcher = {
