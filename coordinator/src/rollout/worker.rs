@@ -106,7 +106,10 @@ impl RolloutEngine {
         let mut delay = self.settings.retry_base;
         let mut transient_failures = 0;
         loop {
-            match self.run_step(rollout, progress, shutdown).await {
+            match self
+                .run_step(rollout, progress, transient_failures, shutdown)
+                .await
+            {
                 Err(StepError::Transient(reason))
                     if transient_failures < self.settings.step_retries =>
                 {
@@ -171,6 +174,13 @@ impl RolloutEngine {
             step = progress.step.as_str(),
             "node moved on"
         );
+        self.audit(
+            "coordinator",
+            &format!("rollout.{}", step.as_str()),
+            Some(node),
+            format!("rollout {}: {} finished", saved.id, step.as_str()),
+        )
+        .await;
         if progress.step == Step::Done {
             self.audit(
                 "coordinator",
