@@ -212,6 +212,23 @@ async fn the_demo_fleet_upgrades_servers_first_one_at_a_time_without_breaking_a_
     // Every server took an etcd snapshot first.
     assert!(servers.iter().all(|n| n["snapshot"].as_str().is_some()));
 
+    // The coordinator's /metrics agree.
+    let metrics = tokio::task::block_in_place(|| lab.coordinator_metrics()).unwrap();
+    for line in [
+        "k3sfleet_agents_connected 18",
+        "k3sfleet_rollout_phase{phase=\"completed\",rollout=\"1\"} 1",
+        "k3sfleet_rollout_nodes{rollout=\"1\",step=\"done\"} 18",
+        "k3sfleet_rollout_step_duration_seconds_count{step=\"drain\"} 18",
+        "k3sfleet_drain_wait_seconds_total{reason=\"pod termination\"}",
+        "k3sfleet_node_certificate_expiry_timestamp_seconds{node=\"worker-15\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("k3sfleet_node_cordoned_by_k3sfleet_seconds{"),
+        "{metrics}"
+    );
+
     // The audit log tells the story.
     let audit = cli(&lab, &["audit", "--node", "server-2", "--limit", "200"]);
     for step in [

@@ -139,6 +139,14 @@ impl RolloutEngine {
         outcome: StepOutcome,
     ) -> Result<(), RolloutError> {
         self.set_blocker(node, None);
+        let began_ms = self
+            .node_now(node)
+            .await
+            .and_then(|(_, n)| n.step_started_ms);
+        let took = began_ms.map_or(Duration::ZERO, |began| {
+            Duration::from_millis(unix_ms().saturating_sub(began).max(0) as u64)
+        });
+        self.metrics.step_finished(step, took, &outcome.waits);
         let (_, saved) = self
             .update(|rollout| {
                 let n = node_mut(rollout, node);
