@@ -273,8 +273,8 @@ impl RolloutEngine {
                     ));
                 }
             }
-            match &self.cluster {
-                Some(cluster) => match cluster.node(node.name.clone()).await {
+            if let Some(cluster) = &self.cluster {
+                match cluster.node(node.name.clone()).await {
                     Ok(Some(state)) if state.ready => {}
                     Ok(Some(_)) => blockers.push(blocker(
                         &node.name,
@@ -287,10 +287,7 @@ impl RolloutEngine {
                         "Kubernetes has no such node".into(),
                     )),
                     Err(err) => blockers.push(blocker(&node.name, "kubernetes", err.to_string())),
-                },
-                None => {}
-            }
-            if let Some(cluster) = &self.cluster {
+                }
                 // Found now rather than as a failed drain halfway through the fleet.
                 match cluster
                     .drain_refusals(node.name.clone(), drain.clone())
