@@ -6,8 +6,10 @@ const PROTOS: &[&str] = &[
     "k3sfleet/v1/agent.proto",
     "k3sfleet/v1/admin.proto",
     "k3sfleet/v1/commands.proto",
+    "k3sfleet/v1/drain.proto",
     "k3sfleet/v1/enrollment.proto",
     "k3sfleet/v1/health.proto",
+    "k3sfleet/v1/rollout.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

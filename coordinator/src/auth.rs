@@ -76,6 +76,13 @@ pub const AUTHORIZATION: &[(&str, Allow)] = &[
     ("/k3sfleet.v1.AccessService/RevokeToken", ADMIN),
     ("/k3sfleet.v1.AccessService/RevokeIdentity", ADMIN),
     ("/k3sfleet.v1.AccessService/ListCertificates", READERS),
+    ("/k3sfleet.v1.DrainService/Drain", ADMIN),
+    ("/k3sfleet.v1.DrainService/Uncordon", ADMIN),
+    ("/k3sfleet.v1.RolloutService/PlanUpgrade", READERS),
+    ("/k3sfleet.v1.RolloutService/StartUpgrade", ADMIN),
+    ("/k3sfleet.v1.RolloutService/GetRollout", READERS),
+    ("/k3sfleet.v1.RolloutService/WatchRollout", READERS),
+    ("/k3sfleet.v1.RolloutService/ControlRollout", ADMIN),
     // Load balancers probe without client certificates.
     ("/grpc.health.v1.Health/Check", Allow::Anyone),
     ("/grpc.health.v1.Health/Watch", Allow::Anyone),

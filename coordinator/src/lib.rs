@@ -11,5 +11,6 @@ pub mod commands;
 pub mod config;
 pub mod fleet;
 pub mod pki_cmd;
+pub mod rollout;
 pub mod server;
 pub mod store;

@@ -5,6 +5,8 @@ mod commands;
 mod connection;
 mod nodes;
 mod output;
+mod rollout_view;
+mod upgrade;
 
 use std::process::ExitCode;
 
@@ -77,6 +79,9 @@ pub enum CliCommand {
     Cert(access::CertCommand),
     /// Get an admin or reader certificate with a bootstrap token.
     Enroll(access::EnrollArgs),
+    /// Rolling K3s upgrades of the fleet.
+    #[command(subcommand)]
+    Upgrade(upgrade::UpgradeCommand),
 }
 
 /// Runs the CLI; the exit code says whether it worked.
@@ -96,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::Token(command) => access::token(&connection, command).await,
         CliCommand::Cert(command) => access::cert(&connection, command).await,
         CliCommand::Enroll(args) => access::enroll(&connection, args).await,
+        CliCommand::Upgrade(command) => upgrade::run(&connection, command).await,
     }
 }
 

@@ -9,6 +9,7 @@
 pub(crate) mod access;
 mod audit;
 mod nodes;
+mod rollouts;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 pub use access::{CertificateRecord, RevocationRecord, TokenRecord};
 pub use audit::{AuditEntry, AuditEvent};
 pub use nodes::NodeRecord;
+pub use rollouts::{NodeProgress, RolloutRecord};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "coordinator.db";
@@ -82,6 +84,38 @@ const MIGRATIONS: &[&str] = &[
         revoked_at_ms     INTEGER NOT NULL,
         revoked_by        TEXT NOT NULL,
         PRIMARY KEY (role, name)
+    ) STRICT;",
+    // 3: rolling upgrades.
+    "CREATE TABLE rollouts (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        target            TEXT NOT NULL,
+        phase             TEXT NOT NULL,
+        pause_reason      TEXT NOT NULL,
+        options           BLOB NOT NULL,
+        created_at_ms     INTEGER NOT NULL,
+        updated_at_ms     INTEGER NOT NULL,
+        finished_at_ms    INTEGER,
+        created_by        TEXT NOT NULL,
+        waves_started     INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE rollout_nodes (
+        rollout_id        INTEGER NOT NULL REFERENCES rollouts (id),
+        node              TEXT NOT NULL,
+        server            INTEGER NOT NULL,
+        position          INTEGER NOT NULL,
+        wave              INTEGER NOT NULL,
+        step              TEXT NOT NULL,
+        attempt           INTEGER NOT NULL,
+        step_started_ms   INTEGER,
+        started_ms        INTEGER,
+        finished_ms       INTEGER,
+        was_unschedulable INTEGER,
+        cordoned_by_us    INTEGER NOT NULL,
+        from_version      TEXT NOT NULL,
+        failure           TEXT NOT NULL,
+        snapshot          TEXT NOT NULL,
+        waits             TEXT NOT NULL,
+        PRIMARY KEY (rollout_id, node)
     ) STRICT;",
 ];
 

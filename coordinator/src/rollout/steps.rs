@@ -1,0 +1,529 @@
+//! What each step of a node's upgrade does. Every step can run again after a
+//! crash without harm: observations are re-read, cordons and uncordons are
+//! idempotent, and agent commands carry ids the agent runs at most once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k3sfleet_proto::v1::{
+    Command, CommandOutcome, CommandResult, Connectivity, DrainOutcome, EtcdSnapshot, Health, InstallK3s,
+    NodeRole, RollbackK3s, command, command_event, command_result, drain_event,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::DrainRequest;
+use super::engine::RolloutEngine;
+use super::state::{Phase, Step};
+use super::worker::node_mut;
+use crate::clock::unix_ms;
+use crate::store::{NodeProgress, RolloutRecord};
+
+/// How often steps that wait look again.
+const POLL: Duration = Duration::from_millis(500);
+/// Defaults when the rollout's options leave them at zero.
+const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time for the download on top of the agent's health timeout.
+const INSTALL_MARGIN: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// Worth retrying after a pause (an API call failed).
+    #[error("{0}")]
+    Transient(String),
+    /// The node cannot go on without the operator.
+    #[error("{0}")]
+    Fatal(String),
+    /// The rollout is being aborted; the node stops here.
+    #[error("aborted")]
+    Aborted,
+}
+
+/// What a step learned, saved with the move to the next step.
+#[derive(Debug, Default)]
+pub struct StepOutcome {
+    pub waits: Vec<(String, u64)>,
+    pub snapshot: Option<String>,
+    pub was_unschedulable: Option<bool>,
+}
+
+fn seconds_or(seconds: u32, default: Duration) -> Duration {
+    if seconds == 0 { default } else { Duration::from_secs(u64::from(seconds)) }
+}
+
+impl RolloutEngine {
+    pub(super) async fn run_step(
+        self: &Arc<Self>,
+        rollout: &RolloutRecord,
+        node: &NodeProgress,
+        shutdown: &CancellationToken,
+    ) -> Result<StepOutcome, StepError> {
+        match node.step {
+            Step::PreCheck => self.pre_check(node, shutdown).await,
+            Step::Snapshot => self.snapshot(rollout, node, shutdown).await,
+            Step::Cordon => self.cordon(node).await,
+            Step::Drain => self.drain(rollout, node, shutdown).await,
+            Step::Install => self.install(rollout, node, shutdown).await,
+            Step::WaitReady => self.wait_ready(rollout, node, shutdown).await,
+            Step::Settle => self.settle(rollout, node, shutdown).await,
+            Step::Uncordon => self.uncordon(node).await,
+            other => Err(StepError::Fatal(format!("{} is not a step to run", other.as_str()))),
+        }
+    }
+
+    /// Agent connected and healthy, node Ready; for a server, every server
+    /// Ready and every etcd member healthy before one is touched.
+    async fn pre_check(&self, node: &NodeProgress, shutdown: &CancellationToken) -> Result<StepOutcome, StepError> {
+        let started = Instant::now();
+        loop {
+            let mut problems = self.node_problems(&node.node).await;
+            if node.server {
+                for server in self.server_names() {
+                    problems.extend(self.etcd_problems(&server).await);
+                    if server != node.node {
+                        problems.extend(self.node_problems(&server).await);
+                    }
+                }
+            }
+            if problems.is_empty() {
+                return Ok(StepOutcome {
+                    waits: waited("pre-checks", started),
+                    ..Default::default()
+                });
+            }
+            let summary = problems.join("; ");
+            if started.elapsed() >= self.settings.pre_check_wait {
+                return Err(StepError::Fatal(format!(
+                    "pre-checks still failing after {:?}: {summary}",
+                    self.settings.pre_check_wait
+                )));
+            }
+            self.set_blocker(&node.node, Some(format!("pre-checks: {summary}")));
+            self.pause_or_stop(shutdown).await?;
+        }
+    }
+
+    /// Why `name` is not fit to be upgraded right now (empty when it is).
+    async fn node_problems(&self, name: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let now = unix_ms();
+        match self.fleet.connectivity_of(name, now) {
+            Some(Connectivity::Connected) => {}
+            Some(other) => problems.push(format!("agent on {name} is {}", connectivity_word(other))),
+            None => problems.push(format!("no agent on {name} ever connected")),
+        }
+        if let Some(report) = self.fleet.detail(name, now).and_then(|d| d.last_report) {
+            for check in report.checks.iter().filter(|c| c.status == Health::Error as i32) {
+                problems.push(format!("{name} check {} is failing: {}", check.id, check.message));
+            }
+        }
+        match self.cluster.as_ref().map(|c| c.node(name.to_string())) {
+            Some(lookup) => match lookup.await {
+                Ok(Some(state)) if state.ready => {}
+                Ok(Some(_)) => problems.push(format!("Kubernetes node {name} is not Ready")),
+                Ok(None) => problems.push(format!("Kubernetes has no node {name}")),
+                Err(err) => problems.push(format!("cannot read node {name}: {err}")),
+            },
+            None => problems.push("no Kubernetes access".into()),
+        }
+        problems
+    }
+
+    /// Servers in the fleet (every one, not only those in this rollout).
+    fn server_names(&self) -> Vec<String> {
+        self.fleet
+            .summaries(unix_ms())
+            .into_iter()
+            .filter(|s| s.role == NodeRole::Server as i32)
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// A server's agent must report its etcd member healthy.
+    async fn etcd_problems(&self, server: &str) -> Vec<String> {
+        let report = self.fleet.detail(server, unix_ms()).and_then(|d| d.last_report);
+        let etcd = report.as_ref().and_then(|r| r.checks.iter().find(|c| c.id.starts_with("etcd")));
+        match etcd {
+            Some(check) if check.status == Health::Ok as i32 => Vec::new(),
+            Some(check) => vec![format!("etcd member on {server} is not healthy: {}", check.message)],
+            None => vec![format!("{server} reports no etcd health yet")],
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        rollout: &RolloutRecord,
+        node: &NodeProgress,
+        shutdown: &CancellationToken,
+    ) -> Result<StepOutcome, StepError> {
+        let name = format!("k3sfleet-rollout-{}-{}", rollout.id, node.node);
+        let command = Command {
+            id: format!("rollout-{}-{}-snapshot-{}", rollout.id, node.node, node.attempt),
+            action: Some(command::Action::EtcdSnapshot(EtcdSnapshot { name: name.clone() })),
+        };
+        let started = Instant::now();
+        let result = self
+            .run_command(&node.node, command, Duration::from_secs(600), shutdown)
+            .await?;
+        let snapshot = match result.detail {
+            Some(command_result::Detail::EtcdSnapshot(detail)) if !detail.snapshot_name.is_empty() => {
+                detail.snapshot_name
+            }
+            _ => name,
+        };
+        Ok(StepOutcome {
+            waits: waited("etcd snapshot", started),
+            snapshot: Some(snapshot),
+            ..Default::default()
+        })
+    }
+
+    /// Records whether the node was cordoned already (before touching it),
+    /// then cordons it.
+    async fn cordon(&self, node: &NodeProgress) -> Result<StepOutcome, StepError> {
+        let cluster = self.cluster.clone().ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
+        if node.was_unschedulable.is_none() {
+            let state = cluster
+                .node(node.node.clone())
+                .await
+                .map_err(|err| StepError::Transient(err.to_string()))?
+                .ok_or_else(|| StepError::Fatal(format!("Kubernetes has no node {}", node.node)))?;
+            let name = node.node.clone();
+            self.update(|rollout| {
+                let n = node_mut(rollout, &name);
+                n.was_unschedulable = Some(state.unschedulable);
+                n.cordoned_by_us = !state.unschedulable;
+                Ok(((), vec![name.clone()]))
+            })
+            .await
+            .map_err(|err| StepError::Transient(err.to_string()))?;
+        }
+        cluster
+            .cordon(node.node.clone())
+            .await
+            .map_err(|err| StepError::Transient(err.to_string()))?;
+        Ok(StepOutcome::default())
+    }
+
+    async fn drain(
+        self: &Arc<Self>,
+        rollout: &RolloutRecord,
+        node: &NodeProgress,
+        shutdown: &CancellationToken,
+    ) -> Result<StepOutcome, StepError> {
+        let cluster = self.cluster.clone().ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
+        let request = DrainRequest {
+            timeout: seconds_or(rollout.options.drain_timeout_seconds, DEFAULT_DRAIN_TIMEOUT),
+            delete_emptydir_data: rollout.options.delete_emptydir_data,
+        };
+        let (events, mut receiver) = tokio::sync::mpsc::channel(64);
+        let cancel = shutdown.child_token();
+        let watcher = {
+            // Shows what the drain waits on; stops it when the rollout aborts.
+            let engine = self.clone();
+            let name = node.node.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let mut changes = engine.subscribe();
+                loop {
+                    tokio::select! {
+                        event = receiver.recv() => match event {
+                            Some(event) => engine.show_drain_event(&name, event),
+                            None => break,
+                        },
+                        _ = changes.changed() => {
+                            if engine.phase().await == Some(Phase::Aborting) {
+                                cancel.cancel();
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let result = cluster.drain(node.node.clone(), request, events, cancel.clone()).await;
+        let _ = watcher.await;
+        let result = result.map_err(|err| StepError::Transient(err.to_string()))?;
+        if cancel.is_cancelled() && !shutdown.is_cancelled() && self.phase().await == Some(Phase::Aborting) {
+            return Err(StepError::Aborted);
+        }
+        match DrainOutcome::try_from(result.outcome).unwrap_or(DrainOutcome::Unspecified) {
+            DrainOutcome::Drained => Ok(StepOutcome {
+                waits: result.waits.into_iter().map(|w| (w.reason, w.millis)).collect(),
+                ..Default::default()
+            }),
+            _ => Err(StepError::Fatal(format!("drain: {}", result.message))),
+        }
+    }
+
+    fn show_drain_event(&self, node: &str, event: k3sfleet_proto::v1::DrainEvent) {
+        let text = match event.event {
+            Some(drain_event::Event::Blocked(blocked)) => {
+                let pod = blocked.pod.map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
+                if blocked.pdb.is_empty() {
+                    format!("waiting to evict {pod}: {}", blocked.message)
+                } else {
+                    format!(
+                        "waiting on PDB {}: {}/{} healthy (evicting {pod})",
+                        blocked.pdb, blocked.current_healthy, blocked.desired_healthy
+                    )
+                }
+            }
+            Some(drain_event::Event::Evicting(evicting)) => {
+                let pod = evicting.pod.map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
+                format!("evicting {pod}")
+            }
+            _ => return,
+        };
+        self.set_blocker(node, Some(text));
+    }
+
+    pub(super) async fn phase(&self) -> Option<Phase> {
+        self.active.lock().await.as_ref().map(|r| r.phase)
+    }
+
+    async fn install(
+        &self,
+        rollout: &RolloutRecord,
+        node: &NodeProgress,
+        shutdown: &CancellationToken,
+    ) -> Result<StepOutcome, StepError> {
+        let health_timeout = seconds_or(rollout.options.health_timeout_seconds, DEFAULT_HEALTH_TIMEOUT);
+        let command = Command {
+            id: format!("rollout-{}-{}-install-{}", rollout.id, node.node, node.attempt),
+            action: Some(command::Action::InstallK3s(InstallK3s {
+                version: rollout.target.clone(),
+                source: rollout.options.source.clone(),
+                health_timeout_seconds: health_timeout.as_secs() as u32,
+            })),
+        };
+        let started = Instant::now();
+        self.run_command(&node.node, command, health_timeout + INSTALL_MARGIN, shutdown)
+            .await?;
+        Ok(StepOutcome {
+            waits: waited("install", started),
+            ..Default::default()
+        })
+    }
+
+    /// Ready in Kubernetes with the new kubelet version, and the agent says so too.
+    async fn wait_ready(
+        &self,
+        rollout: &RolloutRecord,
+        node: &NodeProgress,
+        shutdown: &CancellationToken,
+    ) -> Result<StepOutcome, StepError> {
+        let timeout = seconds_or(rollout.options.health_timeout_seconds, DEFAULT_HEALTH_TIMEOUT);
+        let started = Instant::now();
+        loop {
+            let missing = self.upgraded_problems(&node.node, &rollout.target).await;
+            if missing.is_empty() {
+                return Ok(StepOutcome {
+                    waits: waited("node ready", started),
+                    ..Default::default()
+                });
+            }
+            if started.elapsed() >= timeout {
+                return Err(StepError::Fatal(format!(
+                    "not Ready on {} within {timeout:?}: {}",
+                    rollout.target,
+                    missing.join("; ")
+                )));
+            }
+            self.set_blocker(&node.node, Some(format!("waiting for {}", missing.join("; "))));
+            self.sleep_or_shutdown(shutdown).await?;
+        }
+    }
+
+    /// What still differs from "upgraded and healthy".
+    async fn upgraded_problems(&self, name: &str, target: &str) -> Vec<String> {
+        let mut missing = Vec::new();
+        match self.cluster.as_ref().map(|c| c.node(name.to_string())) {
+            Some(lookup) => match lookup.await {
+                Ok(Some(state)) => {
+                    if !state.ready {
+                        missing.push("the node to be Ready".to_string());
+                    }
+                    if state.kubelet_version != target {
+                        missing.push(format!("kubelet {target} (it reports {})", state.kubelet_version));
+                    }
+                }
+                Ok(None) => missing.push(format!("Kubernetes node {name} to exist")),
+                Err(err) => missing.push(format!("the Kubernetes API ({err})")),
+            },
+            None => missing.push("Kubernetes access".to_string()),
+        }
+        let now = unix_ms();
+        if self.fleet.connectivity_of(name, now) != Some(Connectivity::Connected) {
+            missing.push("the agent to reconnect".to_string());
+        }
+        let reported = self
+            .fleet
+            .detail(name, now)
+            .and_then(|d| d.last_report)
+            .and_then(|r| r.k3s)
+            .map(|k| k.installed_version)
+            .unwrap_or_default();
+        if reported != target {
+            missing.push(format!("the agent to report {target} (it reports {reported:?})"));
+        }
+        missing
+    }
+
+    /// Healthy for the whole settle period.
+    async fn settle(
+        &self,
+        rollout: &RolloutRecord,
+        node: &NodeProgress,
+        shutdown: &CancellationToken,
+    ) -> Result<StepOutcome, StepError> {
+        let settle = seconds_or(rollout.options.settle_seconds, DEFAULT_SETTLE);
+        // Counted from when the step began, so a restart does not start over.
+        let began = node.step_started_ms.unwrap_or_else(unix_ms);
+        let started = Instant::now();
+        loop {
+            let mut problems = self.upgraded_problems(&node.node, &rollout.target).await;
+            problems.extend(self.node_problems(&node.node).await);
+            if !rollout.options.alerts_url.is_empty() {
+                match super::alerts::firing(&rollout.options.alerts_url).await {
+                    Ok(firing) if firing.is_empty() => {}
+                    Ok(firing) => problems.push(format!("alerts firing: {}", firing.join(", "))),
+                    Err(err) => problems.push(format!("cannot query alerts: {err}")),
+                }
+            }
+            if !problems.is_empty() {
+                return Err(StepError::Fatal(format!("unhealthy while settling: {}", problems.join("; "))));
+            }
+            let held = Duration::from_millis(unix_ms().saturating_sub(began).max(0) as u64);
+            if held >= settle {
+                return Ok(StepOutcome {
+                    waits: waited("settle", started),
+                    ..Default::default()
+                });
+            }
+            self.set_blocker(&node.node, Some(format!("settling: healthy for {}s of {}s", held.as_secs(), settle.as_secs())));
+            self.sleep_or_shutdown(shutdown).await?;
+        }
+    }
+
+    async fn uncordon(&self, node: &NodeProgress) -> Result<StepOutcome, StepError> {
+        if node.cordoned_by_us {
+            let cluster = self.cluster.clone().ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
+            cluster
+                .uncordon(node.node.clone())
+                .await
+                .map_err(|err| StepError::Transient(err.to_string()))?;
+        }
+        Ok(StepOutcome::default())
+    }
+
+    /// Puts the previous K3s back on a node whose upgrade failed after install.
+    pub(super) async fn roll_back(&self, rollout: &RolloutRecord, node: &NodeProgress) -> Result<String, String> {
+        let command = Command {
+            id: format!("rollout-{}-{}-rollback-{}", rollout.id, node.node, node.attempt),
+            action: Some(command::Action::RollbackK3s(RollbackK3s {})),
+        };
+        self.run_command(&node.node, command, Duration::from_secs(600), &CancellationToken::new())
+            .await
+            .map(|result| result.message)
+            .map_err(|err| err.to_string())
+    }
+
+    /// Sends a command and waits for its result, showing its progress. An
+    /// agent that drops away gets the command again when it returns (same id:
+    /// it runs once); one that stays away too long fails the step.
+    async fn run_command(
+        &self,
+        node: &str,
+        command: Command,
+        timeout: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<CommandResult, StepError> {
+        let mut events = self
+            .fleet
+            .send_command(node, command.clone())
+            .map_err(|err| StepError::Fatal(err.to_string()))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut away_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) => match event.event {
+                        Some(command_event::Event::Progress(progress)) => {
+                            self.set_blocker(node, Some(format!("{}: {}", progress.step, progress.message)));
+                        }
+                        Some(command_event::Event::Result(result)) => {
+                            return match CommandOutcome::try_from(result.outcome).unwrap_or(CommandOutcome::Unspecified) {
+                                CommandOutcome::Succeeded | CommandOutcome::NoOp => Ok(result),
+                                _ => Err(StepError::Fatal(format!("the agent reports: {}", result.message))),
+                            };
+                        }
+                        None => {}
+                    },
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => {
+                        // Forgotten (a coordinator restart lost it): send it again.
+                        events = self
+                            .fleet
+                            .send_command(node, command.clone())
+                            .map_err(|err| StepError::Fatal(err.to_string()))?;
+                    }
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let connected = self.fleet.connectivity_of(node, unix_ms()) == Some(Connectivity::Connected);
+                    match (connected, away_since) {
+                        (true, _) => away_since = None,
+                        (false, None) => away_since = Some(Instant::now()),
+                        (false, Some(since)) if since.elapsed() > self.settings.agent_wait => {
+                            self.fleet.forget_command(node, &command.id);
+                            return Err(StepError::Fatal(format!(
+                                "the agent was away for over {:?} during {}",
+                                self.settings.agent_wait, command.id
+                            )));
+                        }
+                        (false, Some(_)) => self.set_blocker(
+                            node,
+                            Some("agent disconnected; waiting for it to return (the command will be sent again)".into()),
+                        ),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.fleet.forget_command(node, &command.id);
+                    return Err(StepError::Fatal(format!("no result for {} within {timeout:?}", command.id)));
+                }
+                _ = shutdown.cancelled() => return Err(StepError::Transient("shutting down".into())),
+            }
+        }
+    }
+
+    /// Waits one poll interval; a paused rollout keeps waiting, an aborting
+    /// one stops the node.
+    async fn pause_or_stop(&self, shutdown: &CancellationToken) -> Result<(), StepError> {
+        self.sleep_or_shutdown(shutdown).await?;
+        match self.phase().await {
+            Some(Phase::Aborting) => Err(StepError::Aborted),
+            _ => Ok(()),
+        }
+    }
+
+    async fn sleep_or_shutdown(&self, shutdown: &CancellationToken) -> Result<(), StepError> {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => Ok(()),
+            _ = shutdown.cancelled() => Err(StepError::Transient("shutting down".into())),
+        }
+    }
+}
+
+fn waited(reason: &str, since: Instant) -> Vec<(String, u64)> {
+    vec![(reason.to_string(), since.elapsed().as_millis() as u64)]
+}
+
+fn connectivity_word(connectivity: Connectivity) -> &'static str {
+    match connectivity {
+        Connectivity::Connected => "connected",
+        Connectivity::Unreachable => "unreachable",
+        Connectivity::Disconnected => "disconnected",
+        Connectivity::Unspecified => "unknown",
+    }
+}

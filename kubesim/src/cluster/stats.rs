@@ -1,0 +1,38 @@
+//! What the simulator counts for tests and the demo.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A pod covered by a PDB disrupted while the budget allowed no disruption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    /// `namespace/name` of the budget.
+    pub pdb: String,
+    /// What disrupted it ("delete", "eviction", "status update").
+    pub action: String,
+    /// RFC 3339 wall time.
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub pdb_violations: u64,
+    pub violations: Vec<Violation>,
+    /// Evictions that deleted a pod (dry runs excluded).
+    pub evictions_accepted: u64,
+    /// 429 answers per PDB (`namespace/name`).
+    pub evictions_refused: BTreeMap<String, u64>,
+    /// Pods deleted through the API (plain DELETE or eviction).
+    pub pods_deleted: u64,
+    /// Pods created by controllers to replace lost ones.
+    pub pods_recreated: u64,
+}
+
+impl Stats {
+    pub fn evictions_refused_total(&self) -> u64 {
+        self.evictions_refused.values().sum()
+    }
+}
