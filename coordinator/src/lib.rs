@@ -10,6 +10,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod fleet;
+pub mod http;
 pub mod pki_cmd;
 pub mod rollout;
 pub mod server;

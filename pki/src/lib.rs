@@ -29,6 +29,6 @@ pub use issue::{ClientCertRequest, FleetCa, IssueError, IssuedCert, ServerCertRe
 pub use pinned::{PinnedCaVerifier, pinned_client_config};
 pub use role::{Role, RoleError};
 pub use tls::{
-    FixedClientCert, TlsError, TlsFiles, certified_key, client_config, client_verifier, root_store,
-    server_config,
+    FixedClientCert, TlsError, TlsFiles, certified_key, client_config, client_verifier,
+    platform_client_config, root_store, server_config,
 };

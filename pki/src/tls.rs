@@ -128,6 +128,21 @@ pub fn client_config(
     config
 }
 
+/// A client configuration for ordinary HTTPS (mirrors, Prometheus): the
+/// host's own root certificates, plus `extra_roots` (a private CA) if given.
+pub fn platform_client_config(
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<ClientConfig, rustls::Error> {
+    let provider = provider();
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())?;
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
 /// Presents one fixed certificate.
 #[derive(Debug)]
 pub struct FixedClientCert(pub Arc<CertifiedKey>);

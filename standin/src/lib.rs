@@ -22,6 +22,7 @@
 
 mod host;
 mod k3s;
+pub mod kubelet;
 mod mirror;
 
 pub use host::{Distro, HostToml, StandinHost};

@@ -232,7 +232,6 @@ pub fn mirror_client(
     connect_timeout: Duration,
     stall: Duration,
 ) -> Result<reqwest::Client, MirrorClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra_roots = match extra_ca {
         Some(path) => {
             k3sfleet_pki::read_certificates(path).map_err(|source| MirrorClientError::ExtraCa {
@@ -242,15 +241,7 @@ pub fn mirror_client(
         }
         None => Vec::new(),
     };
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
-            .map_err(MirrorClientError::Tls)?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(MirrorClientError::Tls)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let tls = k3sfleet_pki::platform_client_config(extra_roots).map_err(MirrorClientError::Tls)?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .user_agent(concat!("k3sfleet-agent/", env!("CARGO_PKG_VERSION")))

@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures::Stream;
 use k3sfleet_proto::v1::rollout_service_server::RolloutService;
 use k3sfleet_proto::v1::{
-    ControlRolloutRequest, GetRolloutRequest, RolloutAction, RolloutStatus, UpgradeOptions, UpgradePlan,
+    ControlRolloutRequest, GetRolloutRequest, RolloutAction, RolloutStatus, UpgradeOptions,
+    UpgradePlan,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,11 +49,21 @@ fn status(err: RolloutError) -> Status {
 impl RolloutService for RolloutApi {
     type WatchRolloutStream = StatusStream;
 
-    async fn plan_upgrade(&self, request: Request<UpgradeOptions>) -> Result<Response<UpgradePlan>, Status> {
-        self.engine.plan(request.into_inner()).await.map(Response::new).map_err(status)
+    async fn plan_upgrade(
+        &self,
+        request: Request<UpgradeOptions>,
+    ) -> Result<Response<UpgradePlan>, Status> {
+        self.engine
+            .plan(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
-    async fn start_upgrade(&self, request: Request<UpgradeOptions>) -> Result<Response<RolloutStatus>, Status> {
+    async fn start_upgrade(
+        &self,
+        request: Request<UpgradeOptions>,
+    ) -> Result<Response<RolloutStatus>, Status> {
         let actor = auth::caller(&request)?.audit_name();
         let options = request.into_inner();
         let plan = self.engine.plan(options.clone()).await.map_err(status)?;
@@ -62,9 +73,17 @@ impl RolloutService for RolloutApi {
             .map(|r| format!("{} (rule {})", r.message, r.rule))
             .collect();
         // Missing artifacts fail every node: refuse now rather than pause later.
-        reasons.extend(plan.blockers.iter().filter(|b| b.kind == "artifact").map(|b| b.message.clone()));
+        reasons.extend(
+            plan.blockers
+                .iter()
+                .filter(|b| b.kind == "artifact")
+                .map(|b| b.message.clone()),
+        );
         if !reasons.is_empty() {
-            return Err(Status::failed_precondition(format!("the upgrade cannot start: {}", reasons.join("; "))));
+            return Err(Status::failed_precondition(format!(
+                "the upgrade cannot start: {}",
+                reasons.join("; ")
+            )));
         }
         if plan.waves.is_empty() {
             return Err(Status::failed_precondition(format!(
@@ -73,12 +92,26 @@ impl RolloutService for RolloutApi {
             )));
         }
         let valid = validate(options).map_err(status)?;
-        let nodes = initial_nodes(&self.engine.candidates(&valid.options), &plan.target_version);
-        let rollout = self.engine.start(valid.options, nodes, &actor).await.map_err(status)?;
-        self.engine.status(rollout.id as u64).await.map(Response::new).map_err(status)
+        let nodes = initial_nodes(
+            &self.engine.candidates(&valid.options),
+            &plan.target_version,
+        );
+        let rollout = self
+            .engine
+            .start(valid.options, nodes, &actor)
+            .await
+            .map_err(status)?;
+        self.engine
+            .status(rollout.id as u64)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
-    async fn get_rollout(&self, request: Request<GetRolloutRequest>) -> Result<Response<RolloutStatus>, Status> {
+    async fn get_rollout(
+        &self,
+        request: Request<GetRolloutRequest>,
+    ) -> Result<Response<RolloutStatus>, Status> {
         self.engine
             .status(request.into_inner().id)
             .await
@@ -86,7 +119,10 @@ impl RolloutService for RolloutApi {
             .map_err(status)
     }
 
-    async fn watch_rollout(&self, request: Request<GetRolloutRequest>) -> Result<Response<Self::WatchRolloutStream>, Status> {
+    async fn watch_rollout(
+        &self,
+        request: Request<GetRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let mut id = request.into_inner().id;
         let first = self.engine.status(id).await.map_err(status)?;
         id = first.id;
@@ -118,7 +154,10 @@ impl RolloutService for RolloutApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn control_rollout(&self, request: Request<ControlRolloutRequest>) -> Result<Response<RolloutStatus>, Status> {
+    async fn control_rollout(
+        &self,
+        request: Request<ControlRolloutRequest>,
+    ) -> Result<Response<RolloutStatus>, Status> {
         let actor = auth::caller(&request)?.audit_name();
         let ControlRolloutRequest { action, node } = request.into_inner();
         let needs_node = |node: String| {
@@ -134,9 +173,15 @@ impl RolloutService for RolloutApi {
             RolloutAction::Abort => Control::Abort,
             RolloutAction::Retry => Control::Retry(needs_node(node)?),
             RolloutAction::Skip => Control::Skip(needs_node(node)?),
-            RolloutAction::Unspecified => return Err(Status::invalid_argument("say what to do with the rollout")),
+            RolloutAction::Unspecified => {
+                return Err(Status::invalid_argument("say what to do with the rollout"));
+            }
         };
         let rollout = self.engine.control(control, &actor).await.map_err(status)?;
-        self.engine.status(rollout.id as u64).await.map(Response::new).map_err(status)
+        self.engine
+            .status(rollout.id as u64)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 }

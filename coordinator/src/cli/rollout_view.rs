@@ -11,7 +11,11 @@ use k3sfleet_proto::v1::{NodeRole, NodeStatus, RolloutStatus, UpgradePlan};
 use super::output;
 
 fn role(role: i32) -> &'static str {
-    if role == NodeRole::Server as i32 { "server" } else { "agent" }
+    if role == NodeRole::Server as i32 {
+        "server"
+    } else {
+        "agent"
+    }
 }
 
 fn duration(ms: i64) -> String {
@@ -33,7 +37,8 @@ pub fn plan(plan: &UpgradePlan) -> String {
         plan.target_version,
         plan.waves.len(),
         plan.waves_one_at_a_time,
-        plan.waves_one_at_a_time.saturating_sub(plan.waves.len() as u32),
+        plan.waves_one_at_a_time
+            .saturating_sub(plan.waves.len() as u32),
         plan.max_unavailable
     );
     for wave in &plan.waves {
@@ -49,16 +54,30 @@ pub fn plan(plan: &UpgradePlan) -> String {
             first.map_or("", |n| n.to_version.as_str()),
         );
     }
-    if let Some(first) = plan.waves.iter().flat_map(|w| &w.nodes).find(|n| n.role == NodeRole::Server as i32) {
+    if let Some(first) = plan
+        .waves
+        .iter()
+        .flat_map(|w| &w.nodes)
+        .find(|n| n.role == NodeRole::Server as i32)
+    {
         let _ = writeln!(out, "Each server: {}", first.steps.join(" -> "));
     }
-    if let Some(first) = plan.waves.iter().flat_map(|w| &w.nodes).find(|n| n.role != NodeRole::Server as i32) {
+    if let Some(first) = plan
+        .waves
+        .iter()
+        .flat_map(|w| &w.nodes)
+        .find(|n| n.role != NodeRole::Server as i32)
+    {
         let _ = writeln!(out, "Each worker: {}", first.steps.join(" -> "));
     }
     if !plan.blockers.is_empty() {
         let _ = writeln!(out, "Would block right now:");
         for blocker in &plan.blockers {
-            let node = if blocker.node.is_empty() { String::new() } else { format!("{}: ", blocker.node) };
+            let node = if blocker.node.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", blocker.node)
+            };
             let _ = writeln!(out, "  [{}] {node}{}", blocker.kind, blocker.message);
         }
     }
@@ -98,20 +117,38 @@ pub fn table(status: &RolloutStatus) -> String {
             vec![
                 n.name.clone(),
                 role(n.role).to_string(),
-                if n.wave == 0 { "-".into() } else { n.wave.to_string() },
+                if n.wave == 0 {
+                    "-".into()
+                } else {
+                    n.wave.to_string()
+                },
                 n.step.clone(),
                 elapsed(n, status.now_unix_ms),
                 activity(n),
             ]
         })
         .collect();
-    out.push_str(&output::table(&["NODE", "ROLE", "WAVE", "STEP", "ELAPSED", "WAITING ON / FAILURE"], &rows));
+    out.push_str(&output::table(
+        &[
+            "NODE",
+            "ROLE",
+            "WAVE",
+            "STEP",
+            "ELAPSED",
+            "WAITING ON / FAILURE",
+        ],
+        &rows,
+    ));
     out
 }
 
 fn header(status: &RolloutStatus) -> String {
     let done = status.nodes.iter().filter(|n| n.step == "done").count();
-    let end = if status.finished_unix_ms > 0 { status.finished_unix_ms } else { status.now_unix_ms };
+    let end = if status.finished_unix_ms > 0 {
+        status.finished_unix_ms
+    } else {
+        status.now_unix_ms
+    };
     let mut line = format!(
         "Rollout {} to {}: {} - {done}/{} nodes done, {} elapsed",
         status.id,
@@ -129,23 +166,39 @@ fn header(status: &RolloutStatus) -> String {
 
 /// One line per change between two snapshots, for pipes and logs.
 pub fn changes(before: Option<&RolloutStatus>, after: &RolloutStatus) -> Vec<String> {
-    let stamp = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(after.now_unix_ms.max(0) as u64));
+    let stamp = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_millis(after.now_unix_ms.max(0) as u64),
+    );
     let mut lines = Vec::new();
     let previous: BTreeMap<&str, &NodeStatus> = before
         .map(|b| b.nodes.iter().map(|n| (n.name.as_str(), n)).collect())
         .unwrap_or_default();
     if before.map(|b| (&b.phase, &b.pause_reason)) != Some((&after.phase, &after.pause_reason)) {
-        let reason = if after.pause_reason.is_empty() { String::new() } else { format!(": {}", after.pause_reason) };
-        lines.push(format!("{stamp} rollout {} {}{reason}", after.id, after.phase));
+        let reason = if after.pause_reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", after.pause_reason)
+        };
+        lines.push(format!(
+            "{stamp} rollout {} {}{reason}",
+            after.id, after.phase
+        ));
     }
     for node in &after.nodes {
         let old = previous.get(node.name.as_str());
         if old.map(|o| &o.step) != Some(&node.step) && node.step != "pending" {
-            let failure = if node.failure.is_empty() { String::new() } else { format!(": {}", node.failure) };
+            let failure = if node.failure.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", node.failure)
+            };
             lines.push(format!("{stamp} {} {}{failure}", node.name, node.step));
         }
         if old.map(|o| &o.blocker) != Some(&node.blocker) && !node.blocker.is_empty() {
-            lines.push(format!("{stamp} {} {}: {}", node.name, node.step, node.blocker));
+            lines.push(format!(
+                "{stamp} {} {}: {}",
+                node.name, node.step, node.blocker
+            ));
         }
     }
     lines
@@ -154,7 +207,11 @@ pub fn changes(before: Option<&RolloutStatus>, after: &RolloutStatus) -> Vec<Str
 /// The closing summary: total time, each node's time, waits by reason.
 pub fn summary(status: &RolloutStatus) -> String {
     let mut out = String::new();
-    let end = if status.finished_unix_ms > 0 { status.finished_unix_ms } else { status.now_unix_ms };
+    let end = if status.finished_unix_ms > 0 {
+        status.finished_unix_ms
+    } else {
+        status.now_unix_ms
+    };
     let _ = writeln!(
         out,
         "Rollout {} to {} {} in {} ({} waves)",
@@ -168,24 +225,39 @@ pub fn summary(status: &RolloutStatus) -> String {
         .nodes
         .iter()
         .map(|n| {
-            let mut waits: Vec<(&str, u64)> = n.waits.iter().map(|w| (w.reason.as_str(), w.millis)).collect();
+            let mut waits: Vec<(&str, u64)> = n
+                .waits
+                .iter()
+                .map(|w| (w.reason.as_str(), w.millis))
+                .collect();
             waits.sort_by_key(|(_, ms)| std::cmp::Reverse(*ms));
             let waits: Vec<String> = waits
                 .iter()
                 .take(3)
                 .map(|(reason, ms)| format!("{reason} {}", duration(*ms as i64)))
                 .collect();
-            vec![n.name.clone(), n.step.clone(), elapsed(n, end), waits.join(", ")]
+            vec![
+                n.name.clone(),
+                n.step.clone(),
+                elapsed(n, end),
+                waits.join(", "),
+            ]
         })
         .collect();
-    out.push_str(&output::table(&["NODE", "RESULT", "TIME", "LONGEST WAITS"], &rows));
+    out.push_str(&output::table(
+        &["NODE", "RESULT", "TIME", "LONGEST WAITS"],
+        &rows,
+    ));
     let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
     for wait in status.nodes.iter().flat_map(|n| &n.waits) {
         *totals.entry(wait.reason.as_str()).or_default() += wait.millis;
     }
     let mut totals: Vec<(&str, u64)> = totals.into_iter().collect();
     totals.sort_by_key(|(_, ms)| std::cmp::Reverse(*ms));
-    let totals: Vec<String> = totals.iter().map(|(r, ms)| format!("{r} {}", duration(*ms as i64))).collect();
+    let totals: Vec<String> = totals
+        .iter()
+        .map(|(r, ms)| format!("{r} {}", duration(*ms as i64)))
+        .collect();
     let _ = writeln!(out, "Time by reason (all nodes): {}", totals.join(", "));
     out
 }
@@ -193,12 +265,16 @@ pub fn summary(status: &RolloutStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k3sfleet_proto::v1::{PlanBlocker, PlanRefusal, PlannedNode, Wave, WaitTotal};
+    use k3sfleet_proto::v1::{PlanBlocker, PlanRefusal, PlannedNode, WaitTotal, Wave};
 
     fn node(name: &str, server: bool, step: &str, wave: u32) -> NodeStatus {
         NodeStatus {
             name: name.into(),
-            role: if server { NodeRole::Server } else { NodeRole::Agent } as i32,
+            role: if server {
+                NodeRole::Server
+            } else {
+                NodeRole::Agent
+            } as i32,
             step: step.into(),
             wave,
             ..Default::default()
@@ -209,7 +285,11 @@ mod tests {
     fn plan_golden() {
         let planned = |name: &str, server: bool| PlannedNode {
             name: name.into(),
-            role: if server { NodeRole::Server } else { NodeRole::Agent } as i32,
+            role: if server {
+                NodeRole::Server
+            } else {
+                NodeRole::Agent
+            } as i32,
             from_version: "v1.31.4+k3s1".into(),
             to_version: "v1.31.5+k3s1".into(),
             steps: vec!["pre_check".into(), "cordon".into()],
@@ -217,11 +297,24 @@ mod tests {
         let text = plan(&UpgradePlan {
             target_version: "v1.31.5+k3s1".into(),
             waves: vec![
-                Wave { number: 1, nodes: vec![planned("server-1", true)] },
-                Wave { number: 2, nodes: vec![planned("worker-01", false), planned("worker-02", false)] },
+                Wave {
+                    number: 1,
+                    nodes: vec![planned("server-1", true)],
+                },
+                Wave {
+                    number: 2,
+                    nodes: vec![planned("worker-01", false), planned("worker-02", false)],
+                },
             ],
-            refusals: vec![PlanRefusal { rule: "no-downgrade".into(), message: "x runs newer".into() }],
-            blockers: vec![PlanBlocker { node: "worker-02".into(), kind: "agent".into(), message: "the agent is not connected".into() }],
+            refusals: vec![PlanRefusal {
+                rule: "no-downgrade".into(),
+                message: "x runs newer".into(),
+            }],
+            blockers: vec![PlanBlocker {
+                node: "worker-02".into(),
+                kind: "agent".into(),
+                message: "the agent is not connected".into(),
+            }],
             waves_one_at_a_time: 3,
             max_unavailable: 2,
         });
@@ -253,13 +346,19 @@ mod tests {
         let lines = changes(Some(&before), &after);
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines[0].ends_with("worker-01 drain"), "{lines:?}");
-        assert!(lines[1].ends_with("worker-01 drain: waiting on PDB shop/web: 2/3 healthy"), "{lines:?}");
+        assert!(
+            lines[1].ends_with("worker-01 drain: waiting on PDB shop/web: 2/3 healthy"),
+            "{lines:?}"
+        );
         // Nothing changed: nothing printed.
         before = after.clone();
         assert!(changes(Some(&before), &after).is_empty());
         after.phase = "paused".into();
         after.pause_reason = "worker-01 install failed".into();
-        assert!(changes(Some(&before), &after)[0].ends_with("rollout 7 paused: worker-01 install failed"));
+        assert!(
+            changes(Some(&before), &after)[0]
+                .ends_with("rollout 7 paused: worker-01 install failed")
+        );
     }
 
     #[test]
@@ -268,8 +367,14 @@ mod tests {
         done.started_unix_ms = 1_000;
         done.finished_unix_ms = 61_000;
         done.waits = vec![
-            WaitTotal { reason: "pdb shop/web".into(), millis: 20_000 },
-            WaitTotal { reason: "install".into(), millis: 5_000 },
+            WaitTotal {
+                reason: "pdb shop/web".into(),
+                millis: 20_000,
+            },
+            WaitTotal {
+                reason: "install".into(),
+                millis: 5_000,
+            },
         ];
         let text = summary(&RolloutStatus {
             id: 3,
@@ -281,8 +386,17 @@ mod tests {
             nodes: vec![done],
             ..Default::default()
         });
-        assert!(text.starts_with("Rollout 3 to v1.31.5+k3s1 completed in 2m05s (4 waves)"), "{text}");
-        assert!(text.contains("worker-01   done     1m00s   pdb shop/web 20s, install 5s"), "{text}");
-        assert!(text.contains("Time by reason (all nodes): pdb shop/web 20s, install 5s"), "{text}");
+        assert!(
+            text.starts_with("Rollout 3 to v1.31.5+k3s1 completed in 2m05s (4 waves)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("worker-01   done     1m00s   pdb shop/web 20s, install 5s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Time by reason (all nodes): pdb shop/web 20s, install 5s"),
+            "{text}"
+        );
     }
 }

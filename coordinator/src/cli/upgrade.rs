@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use k3sfleet_proto::v1::rollout_service_client::RolloutServiceClient;
 use k3sfleet_proto::v1::{
-    ArtifactSource, ControlRolloutRequest, FromCoordinator, GetRolloutRequest, RolloutAction, RolloutStatus,
-    UpgradeOptions, artifact_source,
+    ArtifactSource, ControlRolloutRequest, FromCoordinator, GetRolloutRequest, RolloutAction,
+    RolloutStatus, UpgradeOptions, artifact_source,
 };
 use tonic::transport::Channel;
 
@@ -128,13 +128,20 @@ pub async fn run(connection: &ConnectionArgs, command: UpgradeCommand) -> anyhow
         node: node.to_string(),
     };
     let request = match command {
-        UpgradeCommand::Plan { options, output: format } => {
+        UpgradeCommand::Plan {
+            options,
+            output: format,
+        } => {
             let plan = client.plan_upgrade(options.to_proto()).await?.into_inner();
             match format {
                 OutputFormat::Json => print!("{}", output::json(&plan)?),
                 OutputFormat::Table => print!("{}", rollout_view::plan(&plan)),
             }
-            return Ok(if plan.refusals.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(if plan.refusals.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         UpgradeCommand::Start { options, watch } => {
             let plan = client.plan_upgrade(options.to_proto()).await?.into_inner();
@@ -147,7 +154,10 @@ pub async fn run(connection: &ConnectionArgs, command: UpgradeCommand) -> anyhow
             return Ok(ExitCode::SUCCESS);
         }
         UpgradeCommand::Status { id, output: format } => {
-            let status = client.get_rollout(GetRolloutRequest { id }).await?.into_inner();
+            let status = client
+                .get_rollout(GetRolloutRequest { id })
+                .await?
+                .into_inner();
             match format {
                 OutputFormat::Json => print!("{}", output::json(&status)?),
                 OutputFormat::Table if matches!(status.phase.as_str(), "completed" | "aborted") => {
@@ -172,7 +182,10 @@ pub async fn run(connection: &ConnectionArgs, command: UpgradeCommand) -> anyhow
 /// Follows a rollout until it ends: redraws a table on a terminal, prints one
 /// line per change otherwise. Exit status: success only if it completed.
 async fn follow(client: &mut RolloutServiceClient<Channel>, id: u64) -> anyhow::Result<ExitCode> {
-    let mut stream = client.watch_rollout(GetRolloutRequest { id }).await?.into_inner();
+    let mut stream = client
+        .watch_rollout(GetRolloutRequest { id })
+        .await?
+        .into_inner();
     let terminal = std::io::stdout().is_terminal();
     let mut previous: Option<RolloutStatus> = None;
     while let Some(status) = stream.message().await? {
@@ -192,5 +205,9 @@ async fn follow(client: &mut RolloutServiceClient<Channel>, id: u64) -> anyhow::
         anyhow::bail!("the coordinator closed the watch without a status");
     };
     print!("\n{}", rollout_view::summary(&last));
-    Ok(if last.phase == "completed" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if last.phase == "completed" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

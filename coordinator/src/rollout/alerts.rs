@@ -20,7 +20,10 @@ pub async fn firing(base: &str) -> Result<Vec<String>, String> {
     if !response.status().is_success() {
         return Err(format!("{url} answered {}", response.status()));
     }
-    let body: serde_json::Value = response.json().await.map_err(|err| format!("{url}: {err}"))?;
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|err| format!("{url}: {err}"))?;
     parse(&body).ok_or_else(|| format!("{url} did not answer a Prometheus query result"))
 }
 
@@ -33,7 +36,12 @@ pub fn parse(body: &serde_json::Value) -> Option<Vec<String>> {
     Some(
         result
             .iter()
-            .map(|series| series["metric"]["alertname"].as_str().unwrap_or("unnamed").to_string())
+            .map(|series| {
+                series["metric"]["alertname"]
+                    .as_str()
+                    .unwrap_or("unnamed")
+                    .to_string()
+            })
             .collect(),
     )
 }

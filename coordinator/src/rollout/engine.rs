@@ -58,7 +58,9 @@ pub enum RolloutError {
     Invalid(String),
     #[error("no rollout found")]
     NotFound,
-    #[error("rollouts need Kubernetes access: set [kubernetes] kubeconfig in the coordinator config")]
+    #[error(
+        "rollouts need Kubernetes access: set [kubernetes] kubeconfig in the coordinator config"
+    )]
     NoCluster,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -127,7 +129,11 @@ impl RolloutEngine {
         if let Some(rollout) = self.store.latest_rollout().await?
             && !rollout.phase.is_finished()
         {
-            tracing::info!(rollout = rollout.id, phase = rollout.phase.as_str(), "resuming the active rollout");
+            tracing::info!(
+                rollout = rollout.id,
+                phase = rollout.phase.as_str(),
+                "resuming the active rollout"
+            );
             *self.active.lock().await = Some(rollout);
         }
         loop {
@@ -140,7 +146,12 @@ impl RolloutEngine {
                 _ = stop.cancelled() => break,
             }
         }
-        for token in self.workers.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for token in self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             token.cancel();
         }
         Ok(())
@@ -163,13 +174,23 @@ impl RolloutEngine {
             .cloned()
             .collect();
         self.store.save_rollout(rollout.clone(), nodes).await?;
-        *active = if rollout.phase.is_finished() { None } else { Some(rollout.clone()) };
+        *active = if rollout.phase.is_finished() {
+            None
+        } else {
+            Some(rollout.clone())
+        };
         drop(active);
         self.changed();
         Ok((value, rollout))
     }
 
-    pub(super) async fn audit(&self, actor: &str, action: &str, node: Option<&str>, detail: String) {
+    pub(super) async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        node: Option<&str>,
+        detail: String,
+    ) {
         let event = AuditEvent {
             actor: actor.to_string(),
             action: action.to_string(),
@@ -256,7 +277,10 @@ impl RolloutEngine {
         }
         self.set_blocker("", None);
 
-        let pending_server = rollout.nodes.iter().find(|n| n.server && n.step == Step::Pending);
+        let pending_server = rollout
+            .nodes
+            .iter()
+            .find(|n| n.server && n.step == Step::Pending);
         let wave: Vec<String> = match pending_server {
             Some(server) => vec![server.node.clone()],
             None => {
@@ -280,7 +304,10 @@ impl RolloutEngine {
                 let budgets = match self.cluster()?.budgets().await {
                     Ok(budgets) => budgets,
                     Err(err) => {
-                        self.set_blocker("", Some(format!("cannot read the PodDisruptionBudgets: {err}")));
+                        self.set_blocker(
+                            "",
+                            Some(format!("cannot read the PodDisruptionBudgets: {err}")),
+                        );
                         return Ok(());
                     }
                 };
@@ -306,7 +333,12 @@ impl RolloutEngine {
             "coordinator",
             "rollout.wave_started",
             None,
-            format!("rollout {} wave {}: {}", saved.id, saved.waves_started, wave.join(", ")),
+            format!(
+                "rollout {} wave {}: {}",
+                saved.id,
+                saved.waves_started,
+                wave.join(", ")
+            ),
         )
         .await;
         self.ensure_workers(&saved);
@@ -321,9 +353,18 @@ impl RolloutEngine {
                 Ok(((), Vec::new()))
             })
             .await?;
-        tracing::info!(rollout = saved.id, target = saved.target, "rollout completed");
-        self.audit("coordinator", "rollout.completed", None, format!("rollout {} to {}", saved.id, saved.target))
-            .await;
+        tracing::info!(
+            rollout = saved.id,
+            target = saved.target,
+            "rollout completed"
+        );
+        self.audit(
+            "coordinator",
+            "rollout.completed",
+            None,
+            format!("rollout {} to {}", saved.id, saved.target),
+        )
+        .await;
         Ok(())
     }
 
@@ -349,20 +390,39 @@ impl RolloutEngine {
                 Ok(((), touched))
             })
             .await?;
-        self.audit("coordinator", "rollout.aborted", None, format!("rollout {}", saved.id)).await;
+        self.audit(
+            "coordinator",
+            "rollout.aborted",
+            None,
+            format!("rollout {}", saved.id),
+        )
+        .await;
         Ok(())
     }
 
     /// Uncordons every stopped node k3sfleet cordoned, and records it. Failed
     /// nodes stay cordoned for the operator to look at, unless the rollout is
     /// being aborted.
-    pub(super) async fn release_cordons(&self, rollout: &RolloutRecord, include_failed: bool) -> Result<(), RolloutError> {
+    pub(super) async fn release_cordons(
+        &self,
+        rollout: &RolloutRecord,
+        include_failed: bool,
+    ) -> Result<(), RolloutError> {
         let cluster = self.cluster()?;
-        let stopped = |n: &&NodeProgress| n.step.is_terminal() && (include_failed || n.step != Step::Failed);
-        for node in rollout.nodes.iter().filter(|n| n.cordoned_by_us).filter(stopped) {
+        let stopped =
+            |n: &&NodeProgress| n.step.is_terminal() && (include_failed || n.step != Step::Failed);
+        for node in rollout
+            .nodes
+            .iter()
+            .filter(|n| n.cordoned_by_us)
+            .filter(stopped)
+        {
             if let Err(err) = cluster.uncordon(node.node.clone()).await {
                 self.set_blocker("", Some(format!("cannot uncordon {}: {err}", node.node)));
-                return Err(RolloutError::Invalid(format!("cannot uncordon {}: {err}", node.node)));
+                return Err(RolloutError::Invalid(format!(
+                    "cannot uncordon {}: {err}",
+                    node.node
+                )));
             }
             let name = node.node.clone();
             self.update(|rollout| {
@@ -372,14 +432,23 @@ impl RolloutEngine {
                 Ok(((), vec![name.clone()]))
             })
             .await?;
-            self.audit("coordinator", "node.uncordoned", Some(&node.node), "k3sfleet lifted its own cordon".into())
-                .await;
+            self.audit(
+                "coordinator",
+                "node.uncordoned",
+                Some(&node.node),
+                "k3sfleet lifted its own cordon".into(),
+            )
+            .await;
         }
         Ok(())
     }
 
     /// An operator's decision.
-    pub async fn control(&self, control: Control, actor: &str) -> Result<RolloutRecord, RolloutError> {
+    pub async fn control(
+        &self,
+        control: Control,
+        actor: &str,
+    ) -> Result<RolloutRecord, RolloutError> {
         let (_, saved) = self
             .update(|rollout| {
                 let views: Vec<NodeView<'_>> = rollout
@@ -399,8 +468,16 @@ impl RolloutEngine {
                     Control::Pause => rollout.pause_reason = format!("paused by {actor}"),
                     Control::Resume | Control::Abort => rollout.pause_reason.clear(),
                     Control::Retry(name) | Control::Skip(name) => {
-                        let node = rollout.nodes.iter_mut().find(|n| &n.node == name).expect("checked");
-                        node.step = if matches!(control, Control::Retry(_)) { Step::Pending } else { Step::Skipped };
+                        let node = rollout
+                            .nodes
+                            .iter_mut()
+                            .find(|n| &n.node == name)
+                            .expect("checked");
+                        node.step = if matches!(control, Control::Retry(_)) {
+                            Step::Pending
+                        } else {
+                            Step::Skipped
+                        };
                         node.failure.clear();
                         node.step_started_ms = None;
                         touched.push(name.clone());
@@ -415,7 +492,13 @@ impl RolloutEngine {
         if let Control::Skip(_) = &control {
             self.release_cordons(&saved, false).await?;
         }
-        self.audit(actor, "rollout.control", None, format!("rollout {}: {control:?}", saved.id)).await;
+        self.audit(
+            actor,
+            "rollout.control",
+            None,
+            format!("rollout {}: {control:?}", saved.id),
+        )
+        .await;
         self.wake.notify_one();
         Ok(saved)
     }
@@ -425,8 +508,16 @@ impl RolloutEngine {
         let active = self.active.lock().await.clone();
         let rollout = match active {
             Some(rollout) if id == 0 || rollout.id as u64 == id => rollout,
-            _ if id == 0 => self.store.latest_rollout().await?.ok_or(RolloutError::NotFound)?,
-            _ => self.store.rollout(id as i64).await?.ok_or(RolloutError::NotFound)?,
+            _ if id == 0 => self
+                .store
+                .latest_rollout()
+                .await?
+                .ok_or(RolloutError::NotFound)?,
+            _ => self
+                .store
+                .rollout(id as i64)
+                .await?
+                .ok_or(RolloutError::NotFound)?,
         };
         Ok(super::status::to_proto(&rollout, self))
     }
@@ -467,12 +558,20 @@ impl RolloutEngine {
             .await?;
         *active = Some(rollout.clone());
         drop(active);
-        self.blockers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.blockers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.audit(
             actor,
             "rollout.started",
             None,
-            format!("rollout {} to {} on {} nodes", rollout.id, rollout.target, rollout.nodes.len()),
+            format!(
+                "rollout {} to {} on {} nodes",
+                rollout.id,
+                rollout.target,
+                rollout.nodes.len()
+            ),
         )
         .await;
         self.changed();

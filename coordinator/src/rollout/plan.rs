@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use k3sfleet_proto::v1::{
-    ArtifactSource, Connectivity, Health, NodeRole, PlanBlocker, PlanRefusal, PlannedNode, UpgradeOptions, UpgradePlan,
-    Wave, artifact_source,
+    ArtifactSource, Connectivity, Health, NodeRole, PlanBlocker, PlanRefusal, PlannedNode,
+    UpgradeOptions, UpgradePlan, Wave, artifact_source,
 };
 use sha2::{Digest, Sha256};
 
@@ -46,16 +46,32 @@ pub fn validate(mut options: UpgradeOptions) -> Result<ValidOptions, RolloutErro
     if options.max_unavailable.is_empty() {
         options.max_unavailable = "1".into();
     }
-    let max_unavailable = options.max_unavailable.parse().map_err(RolloutError::Invalid)?;
+    let max_unavailable = options
+        .max_unavailable
+        .parse()
+        .map_err(RolloutError::Invalid)?;
     for window in &options.windows {
-        window.parse::<MaintenanceWindow>().map_err(RolloutError::Invalid)?;
+        window
+            .parse::<MaintenanceWindow>()
+            .map_err(RolloutError::Invalid)?;
     }
     for pattern in &options.nodes {
-        if pattern.is_empty() || !pattern.chars().all(|c| c.is_ascii_alphanumeric() || "-.*".contains(c)) {
-            return Err(RolloutError::Invalid(format!("invalid node pattern {pattern:?}")));
+        if pattern.is_empty()
+            || !pattern
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.*".contains(c))
+        {
+            return Err(RolloutError::Invalid(format!(
+                "invalid node pattern {pattern:?}"
+            )));
         }
     }
-    if options.source.as_ref().and_then(|s| s.kind.as_ref()).is_none() {
+    if options
+        .source
+        .as_ref()
+        .and_then(|s| s.kind.as_ref())
+        .is_none()
+    {
         options.source = Some(ArtifactSource {
             kind: Some(artifact_source::Kind::Coordinator(Default::default())),
         });
@@ -75,13 +91,15 @@ pub fn validate(mut options: UpgradeOptions) -> Result<ValidOptions, RolloutErro
 
 impl RolloutEngine {
     /// The fleet's nodes the options select, servers first, each list by name.
-    pub(super) fn candidates(&self, options: &UpgradeOptions) -> Vec<Candidate> {
+    pub fn candidates(&self, options: &UpgradeOptions) -> Vec<Candidate> {
         let now = unix_ms();
         let mut nodes: Vec<Candidate> = self
             .fleet
             .summaries(now)
             .into_iter()
-            .filter(|s| options.nodes.is_empty() || options.nodes.iter().any(|p| name_matches(p, &s.name)))
+            .filter(|s| {
+                options.nodes.is_empty() || options.nodes.iter().any(|p| name_matches(p, &s.name))
+            })
             .map(|s| Candidate {
                 arch: self
                     .fleet
@@ -121,24 +139,42 @@ impl RolloutEngine {
             })
             .collect();
 
-        let to_upgrade: Vec<&Candidate> = candidates.iter().filter(|c| c.current != target.to_string()).collect();
+        let to_upgrade: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| c.current != target.to_string())
+            .collect();
         let mut blockers = self.blockers_for(&to_upgrade).await;
         blockers.extend(self.artifact_blockers(&valid.options, target, &to_upgrade));
 
-        let workers: Vec<String> = to_upgrade.iter().filter(|c| !c.server).map(|c| c.name.clone()).collect();
-        let max = valid.max_unavailable.resolve(candidates.iter().filter(|c| !c.server).count());
+        let workers: Vec<String> = to_upgrade
+            .iter()
+            .filter(|c| !c.server)
+            .map(|c| c.name.clone())
+            .collect();
+        let max = valid
+            .max_unavailable
+            .resolve(candidates.iter().filter(|c| !c.server).count());
         let budgets = match &self.cluster {
             Some(cluster) => match cluster.budgets().await {
                 Ok(budgets) => budgets,
                 Err(err) => {
-                    blockers.push(blocker("", "kubernetes", format!("cannot read PodDisruptionBudgets: {err}")));
+                    blockers.push(blocker(
+                        "",
+                        "kubernetes",
+                        format!("cannot read PodDisruptionBudgets: {err}"),
+                    ));
                     Vec::new()
                 }
             },
             None => Vec::new(),
         };
         for budget in budgets.iter().filter(|b| b.allowed == 0) {
-            let on: Vec<&String> = budget.pods_on.iter().filter(|(n, c)| **c > 0 && workers.contains(n)).map(|(n, _)| n).collect();
+            let on: Vec<&String> = budget
+                .pods_on
+                .iter()
+                .filter(|(n, c)| **c > 0 && workers.contains(n))
+                .map(|(n, _)| n)
+                .collect();
             if !on.is_empty() {
                 let nodes: Vec<&str> = on.iter().map(|n| n.as_str()).collect();
                 blockers.push(blocker(
@@ -155,7 +191,11 @@ impl RolloutEngine {
 
         let planned = |candidate: &Candidate| PlannedNode {
             name: candidate.name.clone(),
-            role: if candidate.server { NodeRole::Server } else { NodeRole::Agent } as i32,
+            role: if candidate.server {
+                NodeRole::Server
+            } else {
+                NodeRole::Agent
+            } as i32,
             from_version: candidate.current.clone(),
             to_version: target.to_string(),
             steps: steps_for(candidate.server),
@@ -210,30 +250,59 @@ impl RolloutEngine {
                     ),
                 )),
             }
-            if let Some(report) = self.fleet.detail(&node.name, now).and_then(|d| d.last_report) {
-                for check in report.checks.iter().filter(|c| c.status == Health::Error as i32) {
-                    blockers.push(blocker(&node.name, "health", format!("check {} is failing: {}", check.id, check.message)));
+            if let Some(report) = self
+                .fleet
+                .detail(&node.name, now)
+                .and_then(|d| d.last_report)
+            {
+                for check in report
+                    .checks
+                    .iter()
+                    .filter(|c| c.status == Health::Error as i32)
+                {
+                    blockers.push(blocker(
+                        &node.name,
+                        "health",
+                        format!("check {} is failing: {}", check.id, check.message),
+                    ));
                 }
             }
             match &self.cluster {
                 Some(cluster) => match cluster.node(node.name.clone()).await {
                     Ok(Some(state)) if state.ready => {}
-                    Ok(Some(_)) => blockers.push(blocker(&node.name, "kubernetes", "the node is not Ready".into())),
-                    Ok(None) => blockers.push(blocker(&node.name, "kubernetes", "Kubernetes has no such node".into())),
+                    Ok(Some(_)) => blockers.push(blocker(
+                        &node.name,
+                        "kubernetes",
+                        "the node is not Ready".into(),
+                    )),
+                    Ok(None) => blockers.push(blocker(
+                        &node.name,
+                        "kubernetes",
+                        "Kubernetes has no such node".into(),
+                    )),
                     Err(err) => blockers.push(blocker(&node.name, "kubernetes", err.to_string())),
                 },
                 None => {}
             }
         }
         if self.cluster.is_none() {
-            blockers.push(blocker("", "kubernetes", "no Kubernetes access: set [kubernetes] kubeconfig".into()));
+            blockers.push(blocker(
+                "",
+                "kubernetes",
+                "no Kubernetes access: set [kubernetes] kubeconfig".into(),
+            ));
         }
         blockers
     }
 
     /// When artifacts come from the coordinator: every needed binary and
     /// checksum file is there and they agree.
-    fn artifact_blockers(&self, options: &UpgradeOptions, target: &K3sVersion, nodes: &[&Candidate]) -> Vec<PlanBlocker> {
+    fn artifact_blockers(
+        &self,
+        options: &UpgradeOptions,
+        target: &K3sVersion,
+        nodes: &[&Candidate],
+    ) -> Vec<PlanBlocker> {
         let from_coordinator = matches!(
             options.source.as_ref().and_then(|s| s.kind.as_ref()),
             Some(artifact_source::Kind::Coordinator(_))
@@ -241,7 +310,16 @@ impl RolloutEngine {
         if !from_coordinator || nodes.is_empty() {
             return Vec::new();
         }
-        let arches: BTreeSet<&str> = nodes.iter().map(|n| if n.arch.is_empty() { "amd64" } else { n.arch.as_str() }).collect();
+        let arches: BTreeSet<&str> = nodes
+            .iter()
+            .map(|n| {
+                if n.arch.is_empty() {
+                    "amd64"
+                } else {
+                    n.arch.as_str()
+                }
+            })
+            .collect();
         arches
             .into_iter()
             .filter_map(|arch| {
@@ -280,7 +358,8 @@ pub fn check_artifact(dir: &Path, version: &str, arch: &str) -> Result<(), Strin
     let mut file = std::fs::File::open(base.join(&binary))
         .map_err(|err| format!("{} cannot be read: {err}", base.join(&binary).display()))?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|err| format!("reading {}: {err}", base.join(&binary).display()))?;
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|err| format!("reading {}: {err}", base.join(&binary).display()))?;
     let actual = hex::encode(hasher.finalize());
     if actual != expected {
         return Err(format!(
@@ -332,7 +411,11 @@ mod tests {
 
         std::fs::write(release.join("k3s"), b"binary").unwrap();
         let hash = hex::encode(Sha256::digest(b"binary"));
-        std::fs::write(release.join("sha256sum-amd64.txt"), format!("{hash}  k3s\n{hash}  k3s-airgap-images-amd64.tar\n")).unwrap();
+        std::fs::write(
+            release.join("sha256sum-amd64.txt"),
+            format!("{hash}  k3s\n{hash}  k3s-airgap-images-amd64.tar\n"),
+        )
+        .unwrap();
         check_artifact(dir.path(), "v1.31.5+k3s1", "amd64").unwrap();
 
         std::fs::write(release.join("k3s"), b"tampered").unwrap();
@@ -350,10 +433,25 @@ mod tests {
         assert_eq!(ok.options.max_unavailable, "1");
         assert!(ok.options.source.is_some());
         for bad in [
-            UpgradeOptions { target_version: "1.31".into(), ..Default::default() },
-            UpgradeOptions { target_version: "v1.31.5+k3s1".into(), max_unavailable: "0".into(), ..Default::default() },
-            UpgradeOptions { target_version: "v1.31.5+k3s1".into(), windows: vec!["Someday".into()], ..Default::default() },
-            UpgradeOptions { target_version: "v1.31.5+k3s1".into(), nodes: vec!["a/b".into()], ..Default::default() },
+            UpgradeOptions {
+                target_version: "1.31".into(),
+                ..Default::default()
+            },
+            UpgradeOptions {
+                target_version: "v1.31.5+k3s1".into(),
+                max_unavailable: "0".into(),
+                ..Default::default()
+            },
+            UpgradeOptions {
+                target_version: "v1.31.5+k3s1".into(),
+                windows: vec!["Someday".into()],
+                ..Default::default()
+            },
+            UpgradeOptions {
+                target_version: "v1.31.5+k3s1".into(),
+                nodes: vec!["a/b".into()],
+                ..Default::default()
+            },
         ] {
             assert!(validate(bad).is_err());
         }
@@ -361,8 +459,17 @@ mod tests {
 
     #[test]
     fn asset_names_follow_the_release() {
-        assert_eq!(asset_names("amd64"), ("k3s".into(), "sha256sum-amd64.txt".into()));
-        assert_eq!(asset_names("arm64"), ("k3s-arm64".into(), "sha256sum-arm64.txt".into()));
-        assert_eq!(asset_names("arm"), ("k3s-armhf".into(), "sha256sum-arm.txt".into()));
+        assert_eq!(
+            asset_names("amd64"),
+            ("k3s".into(), "sha256sum-amd64.txt".into())
+        );
+        assert_eq!(
+            asset_names("arm64"),
+            ("k3s-arm64".into(), "sha256sum-arm64.txt".into())
+        );
+        assert_eq!(
+            asset_names("arm"),
+            ("k3s-armhf".into(), "sha256sum-arm.txt".into())
+        );
     }
 }

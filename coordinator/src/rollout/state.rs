@@ -85,7 +85,6 @@ impl Step {
         !self.is_terminal() && self != Step::Pending
     }
 
-
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Pending => "pending",

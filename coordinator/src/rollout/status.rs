@@ -9,8 +9,19 @@ use crate::store::RolloutRecord;
 
 pub fn to_proto(rollout: &RolloutRecord, engine: &RolloutEngine) -> RolloutStatus {
     let active = !rollout.phase.is_finished();
-    let blocker = |key: &str| if active { engine.blocker(key) } else { String::new() };
-    let windows: Vec<MaintenanceWindow> = rollout.options.windows.iter().filter_map(|w| w.parse().ok()).collect();
+    let blocker = |key: &str| {
+        if active {
+            engine.blocker(key)
+        } else {
+            String::new()
+        }
+    };
+    let windows: Vec<MaintenanceWindow> = rollout
+        .options
+        .windows
+        .iter()
+        .filter_map(|w| w.parse().ok())
+        .collect();
     let now = jiff::Timestamp::now();
     let window_opens = if active && !super::window::open(&windows, now) {
         windows
@@ -38,7 +49,11 @@ pub fn to_proto(rollout: &RolloutRecord, engine: &RolloutEngine) -> RolloutStatu
             .iter()
             .map(|node| NodeStatus {
                 name: node.node.clone(),
-                role: if node.server { NodeRole::Server } else { NodeRole::Agent } as i32,
+                role: if node.server {
+                    NodeRole::Server
+                } else {
+                    NodeRole::Agent
+                } as i32,
                 step: node.step.as_str().to_string(),
                 attempt: node.attempt,
                 wave: node.wave,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k3sfleet_proto::v1::{
-    Command, CommandOutcome, CommandResult, Connectivity, DrainOutcome, EtcdSnapshot, Health, InstallK3s,
-    NodeRole, RollbackK3s, command, command_event, command_result, drain_event,
+    Command, CommandOutcome, CommandResult, Connectivity, DrainOutcome, EtcdSnapshot, Health,
+    InstallK3s, NodeRole, RollbackK3s, command, command_event, command_result, drain_event,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,11 @@ pub struct StepOutcome {
 }
 
 fn seconds_or(seconds: u32, default: Duration) -> Duration {
-    if seconds == 0 { default } else { Duration::from_secs(u64::from(seconds)) }
+    if seconds == 0 {
+        default
+    } else {
+        Duration::from_secs(u64::from(seconds))
+    }
 }
 
 impl RolloutEngine {
@@ -69,13 +73,20 @@ impl RolloutEngine {
             Step::WaitReady => self.wait_ready(rollout, node, shutdown).await,
             Step::Settle => self.settle(rollout, node, shutdown).await,
             Step::Uncordon => self.uncordon(node).await,
-            other => Err(StepError::Fatal(format!("{} is not a step to run", other.as_str()))),
+            other => Err(StepError::Fatal(format!(
+                "{} is not a step to run",
+                other.as_str()
+            ))),
         }
     }
 
     /// Agent connected and healthy, node Ready; for a server, every server
     /// Ready and every etcd member healthy before one is touched.
-    async fn pre_check(&self, node: &NodeProgress, shutdown: &CancellationToken) -> Result<StepOutcome, StepError> {
+    async fn pre_check(
+        &self,
+        node: &NodeProgress,
+        shutdown: &CancellationToken,
+    ) -> Result<StepOutcome, StepError> {
         let started = Instant::now();
         loop {
             let mut problems = self.node_problems(&node.node).await;
@@ -111,12 +122,21 @@ impl RolloutEngine {
         let now = unix_ms();
         match self.fleet.connectivity_of(name, now) {
             Some(Connectivity::Connected) => {}
-            Some(other) => problems.push(format!("agent on {name} is {}", connectivity_word(other))),
+            Some(other) => {
+                problems.push(format!("agent on {name} is {}", connectivity_word(other)))
+            }
             None => problems.push(format!("no agent on {name} ever connected")),
         }
         if let Some(report) = self.fleet.detail(name, now).and_then(|d| d.last_report) {
-            for check in report.checks.iter().filter(|c| c.status == Health::Error as i32) {
-                problems.push(format!("{name} check {} is failing: {}", check.id, check.message));
+            for check in report
+                .checks
+                .iter()
+                .filter(|c| c.status == Health::Error as i32)
+            {
+                problems.push(format!(
+                    "{name} check {} is failing: {}",
+                    check.id, check.message
+                ));
             }
         }
         match self.cluster.as_ref().map(|c| c.node(name.to_string())) {
@@ -143,11 +163,19 @@ impl RolloutEngine {
 
     /// A server's agent must report its etcd member healthy.
     async fn etcd_problems(&self, server: &str) -> Vec<String> {
-        let report = self.fleet.detail(server, unix_ms()).and_then(|d| d.last_report);
-        let etcd = report.as_ref().and_then(|r| r.checks.iter().find(|c| c.id.starts_with("etcd")));
+        let report = self
+            .fleet
+            .detail(server, unix_ms())
+            .and_then(|d| d.last_report);
+        let etcd = report
+            .as_ref()
+            .and_then(|r| r.checks.iter().find(|c| c.id.starts_with("etcd")));
         match etcd {
             Some(check) if check.status == Health::Ok as i32 => Vec::new(),
-            Some(check) => vec![format!("etcd member on {server} is not healthy: {}", check.message)],
+            Some(check) => vec![format!(
+                "etcd member on {server} is not healthy: {}",
+                check.message
+            )],
             None => vec![format!("{server} reports no etcd health yet")],
         }
     }
@@ -160,15 +188,22 @@ impl RolloutEngine {
     ) -> Result<StepOutcome, StepError> {
         let name = format!("k3sfleet-rollout-{}-{}", rollout.id, node.node);
         let command = Command {
-            id: format!("rollout-{}-{}-snapshot-{}", rollout.id, node.node, node.attempt),
-            action: Some(command::Action::EtcdSnapshot(EtcdSnapshot { name: name.clone() })),
+            id: format!(
+                "rollout-{}-{}-snapshot-{}",
+                rollout.id, node.node, node.attempt
+            ),
+            action: Some(command::Action::EtcdSnapshot(EtcdSnapshot {
+                name: name.clone(),
+            })),
         };
         let started = Instant::now();
         let result = self
             .run_command(&node.node, command, Duration::from_secs(600), shutdown)
             .await?;
         let snapshot = match result.detail {
-            Some(command_result::Detail::EtcdSnapshot(detail)) if !detail.snapshot_name.is_empty() => {
+            Some(command_result::Detail::EtcdSnapshot(detail))
+                if !detail.snapshot_name.is_empty() =>
+            {
                 detail.snapshot_name
             }
             _ => name,
@@ -183,7 +218,10 @@ impl RolloutEngine {
     /// Records whether the node was cordoned already (before touching it),
     /// then cordons it.
     async fn cordon(&self, node: &NodeProgress) -> Result<StepOutcome, StepError> {
-        let cluster = self.cluster.clone().ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
+        let cluster = self
+            .cluster
+            .clone()
+            .ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
         if node.was_unschedulable.is_none() {
             let state = cluster
                 .node(node.node.clone())
@@ -213,7 +251,10 @@ impl RolloutEngine {
         node: &NodeProgress,
         shutdown: &CancellationToken,
     ) -> Result<StepOutcome, StepError> {
-        let cluster = self.cluster.clone().ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
+        let cluster = self
+            .cluster
+            .clone()
+            .ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
         let request = DrainRequest {
             timeout: seconds_or(rollout.options.drain_timeout_seconds, DEFAULT_DRAIN_TIMEOUT),
             delete_emptydir_data: rollout.options.delete_emptydir_data,
@@ -242,15 +283,24 @@ impl RolloutEngine {
                 }
             })
         };
-        let result = cluster.drain(node.node.clone(), request, events, cancel.clone()).await;
+        let result = cluster
+            .drain(node.node.clone(), request, events, cancel.clone())
+            .await;
         let _ = watcher.await;
         let result = result.map_err(|err| StepError::Transient(err.to_string()))?;
-        if cancel.is_cancelled() && !shutdown.is_cancelled() && self.phase().await == Some(Phase::Aborting) {
+        if cancel.is_cancelled()
+            && !shutdown.is_cancelled()
+            && self.phase().await == Some(Phase::Aborting)
+        {
             return Err(StepError::Aborted);
         }
         match DrainOutcome::try_from(result.outcome).unwrap_or(DrainOutcome::Unspecified) {
             DrainOutcome::Drained => Ok(StepOutcome {
-                waits: result.waits.into_iter().map(|w| (w.reason, w.millis)).collect(),
+                waits: result
+                    .waits
+                    .into_iter()
+                    .map(|w| (w.reason, w.millis))
+                    .collect(),
                 ..Default::default()
             }),
             _ => Err(StepError::Fatal(format!("drain: {}", result.message))),
@@ -260,7 +310,10 @@ impl RolloutEngine {
     fn show_drain_event(&self, node: &str, event: k3sfleet_proto::v1::DrainEvent) {
         let text = match event.event {
             Some(drain_event::Event::Blocked(blocked)) => {
-                let pod = blocked.pod.map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
+                let pod = blocked
+                    .pod
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .unwrap_or_default();
                 if blocked.pdb.is_empty() {
                     format!("waiting to evict {pod}: {}", blocked.message)
                 } else {
@@ -271,7 +324,10 @@ impl RolloutEngine {
                 }
             }
             Some(drain_event::Event::Evicting(evicting)) => {
-                let pod = evicting.pod.map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
+                let pod = evicting
+                    .pod
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .unwrap_or_default();
                 format!("evicting {pod}")
             }
             _ => return,
@@ -289,9 +345,15 @@ impl RolloutEngine {
         node: &NodeProgress,
         shutdown: &CancellationToken,
     ) -> Result<StepOutcome, StepError> {
-        let health_timeout = seconds_or(rollout.options.health_timeout_seconds, DEFAULT_HEALTH_TIMEOUT);
+        let health_timeout = seconds_or(
+            rollout.options.health_timeout_seconds,
+            DEFAULT_HEALTH_TIMEOUT,
+        );
         let command = Command {
-            id: format!("rollout-{}-{}-install-{}", rollout.id, node.node, node.attempt),
+            id: format!(
+                "rollout-{}-{}-install-{}",
+                rollout.id, node.node, node.attempt
+            ),
             action: Some(command::Action::InstallK3s(InstallK3s {
                 version: rollout.target.clone(),
                 source: rollout.options.source.clone(),
@@ -299,8 +361,13 @@ impl RolloutEngine {
             })),
         };
         let started = Instant::now();
-        self.run_command(&node.node, command, health_timeout + INSTALL_MARGIN, shutdown)
-            .await?;
+        self.run_command(
+            &node.node,
+            command,
+            health_timeout + INSTALL_MARGIN,
+            shutdown,
+        )
+        .await?;
         Ok(StepOutcome {
             waits: waited("install", started),
             ..Default::default()
@@ -314,7 +381,10 @@ impl RolloutEngine {
         node: &NodeProgress,
         shutdown: &CancellationToken,
     ) -> Result<StepOutcome, StepError> {
-        let timeout = seconds_or(rollout.options.health_timeout_seconds, DEFAULT_HEALTH_TIMEOUT);
+        let timeout = seconds_or(
+            rollout.options.health_timeout_seconds,
+            DEFAULT_HEALTH_TIMEOUT,
+        );
         let started = Instant::now();
         loop {
             let missing = self.upgraded_problems(&node.node, &rollout.target).await;
@@ -331,7 +401,10 @@ impl RolloutEngine {
                     missing.join("; ")
                 )));
             }
-            self.set_blocker(&node.node, Some(format!("waiting for {}", missing.join("; "))));
+            self.set_blocker(
+                &node.node,
+                Some(format!("waiting for {}", missing.join("; "))),
+            );
             self.sleep_or_shutdown(shutdown).await?;
         }
     }
@@ -346,7 +419,10 @@ impl RolloutEngine {
                         missing.push("the node to be Ready".to_string());
                     }
                     if state.kubelet_version != target {
-                        missing.push(format!("kubelet {target} (it reports {})", state.kubelet_version));
+                        missing.push(format!(
+                            "kubelet {target} (it reports {})",
+                            state.kubelet_version
+                        ));
                     }
                 }
                 Ok(None) => missing.push(format!("Kubernetes node {name} to exist")),
@@ -366,7 +442,9 @@ impl RolloutEngine {
             .map(|k| k.installed_version)
             .unwrap_or_default();
         if reported != target {
-            missing.push(format!("the agent to report {target} (it reports {reported:?})"));
+            missing.push(format!(
+                "the agent to report {target} (it reports {reported:?})"
+            ));
         }
         missing
     }
@@ -393,7 +471,10 @@ impl RolloutEngine {
                 }
             }
             if !problems.is_empty() {
-                return Err(StepError::Fatal(format!("unhealthy while settling: {}", problems.join("; "))));
+                return Err(StepError::Fatal(format!(
+                    "unhealthy while settling: {}",
+                    problems.join("; ")
+                )));
             }
             let held = Duration::from_millis(unix_ms().saturating_sub(began).max(0) as u64);
             if held >= settle {
@@ -402,14 +483,24 @@ impl RolloutEngine {
                     ..Default::default()
                 });
             }
-            self.set_blocker(&node.node, Some(format!("settling: healthy for {}s of {}s", held.as_secs(), settle.as_secs())));
+            self.set_blocker(
+                &node.node,
+                Some(format!(
+                    "settling: healthy for {}s of {}s",
+                    held.as_secs(),
+                    settle.as_secs()
+                )),
+            );
             self.sleep_or_shutdown(shutdown).await?;
         }
     }
 
     async fn uncordon(&self, node: &NodeProgress) -> Result<StepOutcome, StepError> {
         if node.cordoned_by_us {
-            let cluster = self.cluster.clone().ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
+            let cluster = self
+                .cluster
+                .clone()
+                .ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
             cluster
                 .uncordon(node.node.clone())
                 .await
@@ -419,15 +510,27 @@ impl RolloutEngine {
     }
 
     /// Puts the previous K3s back on a node whose upgrade failed after install.
-    pub(super) async fn roll_back(&self, rollout: &RolloutRecord, node: &NodeProgress) -> Result<String, String> {
+    pub(super) async fn roll_back(
+        &self,
+        rollout: &RolloutRecord,
+        node: &NodeProgress,
+    ) -> Result<String, String> {
         let command = Command {
-            id: format!("rollout-{}-{}-rollback-{}", rollout.id, node.node, node.attempt),
+            id: format!(
+                "rollout-{}-{}-rollback-{}",
+                rollout.id, node.node, node.attempt
+            ),
             action: Some(command::Action::RollbackK3s(RollbackK3s {})),
         };
-        self.run_command(&node.node, command, Duration::from_secs(600), &CancellationToken::new())
-            .await
-            .map(|result| result.message)
-            .map_err(|err| err.to_string())
+        self.run_command(
+            &node.node,
+            command,
+            Duration::from_secs(600),
+            &CancellationToken::new(),
+        )
+        .await
+        .map(|result| result.message)
+        .map_err(|err| err.to_string())
     }
 
     /// Sends a command and waits for its result, showing its progress. An

@@ -29,7 +29,8 @@ impl RolloutEngine {
             }
             // An install that may have been sent already finishes even when aborting:
             // the agent must not be left mid-swap without anyone watching.
-            let resumed_install = progress.step == Step::Install && progress.step_started_ms.is_some();
+            let resumed_install =
+                progress.step == Step::Install && progress.step_started_ms.is_some();
             match gate(rollout.phase, progress.step) {
                 Gate::Stop if !resumed_install => {
                     self.stop_node(&node).await;
@@ -51,7 +52,9 @@ impl RolloutEngine {
                 tokio::time::sleep(self.settings.retry_base).await;
                 continue;
             }
-            let outcome = self.run_step_with_retries(&rollout, &progress, &shutdown).await;
+            let outcome = self
+                .run_step_with_retries(&rollout, &progress, &shutdown)
+                .await;
             if shutdown.is_cancelled() {
                 break;
             }
@@ -69,7 +72,10 @@ impl RolloutEngine {
             }
         }
         self.set_blocker(&node, None);
-        self.workers.lock().unwrap_or_else(|p| p.into_inner()).remove(&node);
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node);
         self.wake.notify_one();
     }
 
@@ -101,11 +107,16 @@ impl RolloutEngine {
         let mut transient_failures = 0;
         loop {
             match self.run_step(rollout, progress, shutdown).await {
-                Err(StepError::Transient(reason)) if transient_failures < self.settings.step_retries => {
+                Err(StepError::Transient(reason))
+                    if transient_failures < self.settings.step_retries =>
+                {
                     transient_failures += 1;
                     self.set_blocker(
                         &progress.node,
-                        Some(format!("{} failed ({reason}); retry {transient_failures} in {delay:?}", progress.step.as_str())),
+                        Some(format!(
+                            "{} failed ({reason}); retry {transient_failures} in {delay:?}",
+                            progress.step.as_str()
+                        )),
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -118,7 +129,12 @@ impl RolloutEngine {
         }
     }
 
-    async fn finish_step(&self, node: &str, step: Step, outcome: StepOutcome) -> Result<(), RolloutError> {
+    async fn finish_step(
+        &self,
+        node: &str,
+        step: Step,
+        outcome: StepOutcome,
+    ) -> Result<(), RolloutError> {
         self.set_blocker(node, None);
         let (_, saved) = self
             .update(|rollout| {
@@ -144,14 +160,26 @@ impl RolloutEngine {
                 Ok(((), vec![node.to_string()]))
             })
             .await?;
-        let progress = saved.nodes.iter().find(|n| n.node == node).expect("node of the rollout");
-        tracing::info!(rollout = saved.id, node, step = progress.step.as_str(), "node moved on");
+        let progress = saved
+            .nodes
+            .iter()
+            .find(|n| n.node == node)
+            .expect("node of the rollout");
+        tracing::info!(
+            rollout = saved.id,
+            node,
+            step = progress.step.as_str(),
+            "node moved on"
+        );
         if progress.step == Step::Done {
             self.audit(
                 "coordinator",
                 "rollout.node_upgraded",
                 Some(node),
-                format!("rollout {}: {} -> {}", saved.id, progress.from_version, saved.target),
+                format!(
+                    "rollout {}: {} -> {}",
+                    saved.id, progress.from_version, saved.target
+                ),
             )
             .await;
         }
@@ -176,7 +204,12 @@ impl RolloutEngine {
 
     /// Records the failure, rolls back K3s if the new version may be on the
     /// node, and pauses the rollout.
-    async fn fail_node(&self, rollout: &RolloutRecord, progress: &NodeProgress, reason: String) -> Result<(), RolloutError> {
+    async fn fail_node(
+        &self,
+        rollout: &RolloutRecord,
+        progress: &NodeProgress,
+        reason: String,
+    ) -> Result<(), RolloutError> {
         let installed = matches!(progress.step, Step::WaitReady | Step::Settle);
         let mut failure = format!("{} failed: {reason}", progress.step.as_str());
         if installed {
@@ -185,7 +218,12 @@ impl RolloutEngine {
                 Err(message) => format!("; rollback failed: {message}"),
             });
         }
-        tracing::warn!(rollout = rollout.id, node = progress.node, failure, "node failed; pausing the rollout");
+        tracing::warn!(
+            rollout = rollout.id,
+            node = progress.node,
+            failure,
+            "node failed; pausing the rollout"
+        );
         let node = progress.node.clone();
         let text = failure.clone();
         self.update(|rollout| {
@@ -202,7 +240,13 @@ impl RolloutEngine {
             Ok(((), vec![node.clone()]))
         })
         .await?;
-        self.audit("coordinator", "rollout.node_failed", Some(&progress.node), failure).await;
+        self.audit(
+            "coordinator",
+            "rollout.node_failed",
+            Some(&progress.node),
+            failure,
+        )
+        .await;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use k3sfleet_proto::v1::admin_service_server::AdminServiceServer;
 use k3sfleet_proto::v1::agent_service_server::AgentServiceServer;
 use k3sfleet_proto::v1::certificate_service_server::CertificateServiceServer;
 use k3sfleet_proto::v1::enrollment_service_server::EnrollmentServiceServer;
+use k3sfleet_proto::v1::rollout_service_server::RolloutServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -19,11 +20,12 @@ use tonic::Status;
 use tonic::transport::Server;
 
 use crate::access::{Access, CertPolicy, Revocations};
-use crate::api::AccessApi;
+use crate::api::{AccessApi, RolloutApi};
 use crate::api::{AdminApi, AgentApi};
 use crate::auth::AuthLayer;
 use crate::config::CoordinatorConfig;
 use crate::fleet::{Fleet, FleetError};
+use crate::rollout::{EngineSettings, RolloutEngine};
 use crate::store::{Store, StoreError};
 
 pub use tls::ReloadingCertificate;
@@ -123,6 +125,13 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let access_api = || AccessApi::new(access.clone(), fleet.clone(), store.clone());
+    let rollouts = RolloutEngine::new(
+        store.clone(),
+        fleet.clone(),
+        None,
+        config.artifacts.dir.clone(),
+        EngineSettings::default(),
+    );
     let router = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -140,7 +149,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         )))
         .add_service(EnrollmentServiceServer::new(access_api()))
         .add_service(CertificateServiceServer::new(access_api()))
-        .add_service(AccessServiceServer::new(access_api()));
+        .add_service(AccessServiceServer::new(access_api()))
+        .add_service(RolloutServiceServer::new(RolloutApi::new(rollouts.clone())));
 
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let (stop_serving, serving_stopped) = oneshot::channel::<()>();
@@ -156,7 +166,16 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         }
     });
 
+    let stop_rollouts = tokio_util::sync::CancellationToken::new();
     let background = vec![
+        tokio::spawn({
+            let stop = stop_rollouts.clone();
+            async move {
+                if let Err(err) = rollouts.run(stop).await {
+                    tracing::error!(error = %err, "the rollout engine could not load its state");
+                }
+            }
+        }),
         certificate.watch(CERT_RELOAD_INTERVAL),
         spawn_report_flusher(fleet.clone(), config.report_flush_interval),
         spawn_expiry_sweeper(fleet.clone()),
@@ -170,6 +189,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
             if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
                 tracing::warn!("calls still open after the shutdown grace period were cut");
             }
+            stop_rollouts.cancel();
             for task in background {
                 task.abort();
             }
