@@ -381,6 +381,16 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
             "missing {expected:?} in:\n{exposition}"
         );
     }
+    // The client certificate's notAfter, as the certificate file says.
+    let cert = k3sfleet_pki::read_certificates(&agent.home.tls.cert).unwrap();
+    let not_after = k3sfleet_pki::PeerIdentity::from_der(&cert[0])
+        .unwrap()
+        .not_after;
+    let expiry = format!("k3sfleet_agent_certificate_expiry_timestamp_seconds {not_after}\n");
+    assert!(
+        exposition.contains(&expiry),
+        "missing {expiry:?} in:\n{exposition}"
+    );
 
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
