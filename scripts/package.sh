@@ -51,14 +51,20 @@ done
 cargo xtask cli-assets "$stage"
 gzip -9n "$stage"/man/*.1
 
-# Debug builds are large: trade package size for time there.
+# Debug builds are large: trade package size for time there (xz -1, gzip).
 deb_flags=(--no-build --no-strip --deb-revision "$revision" --output "$out")
-[[ $profile == dev ]] && deb_flags+=(--fast)
+rpm_flags=(--set-metadata "release = \"$revision\"" --output "$out/")
+if [[ $profile == dev ]]; then
+    deb_flags+=(--fast)
+    rpm_flags+=(--payload-compress gzip)
+fi
 for package in k3sfleet-agent k3sfleet-coordinator; do
-    cargo deb -p "$package" "${deb_flags[@]}"
+    # --quiet: cargo-deb warns about every asset outside target/release, which
+    # is all of them (the stage is built above).
+    cargo deb --quiet -p "$package" "${deb_flags[@]}"
 done
-for crate in agent coordinator; do
-    cargo generate-rpm -p "$crate" --set-metadata "release = \"$revision\"" --output "$out/"
+for crate in agent coordinator; do # cargo-generate-rpm's -p takes the crate's directory
+    cargo generate-rpm -p "$crate" "${rpm_flags[@]}"
 done
 
 ls -l "$out"

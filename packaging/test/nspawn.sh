@@ -10,13 +10,13 @@
 #      `k3sfleet-agent enroll`, start the agent
 #   4. both active with their sd_notify status, log lines in journald, the
 #      agent connected (k3sfleet nodes), /metrics answering; the agent
-#      renews its 2-minute certificate inside its sandbox
+#      renews its 1-minute certificate inside its sandbox
 #   5. upgrade to revision 2: local config edits kept, both services restarted
 #   6. remove (services stopped, state kept), purge (state gone)
 #
 # Usage: nspawn.sh DIR_WITH_REVISION_1_DEBS DIR_WITH_REVISION_2_DEBS
 # Needs root, systemd-container, debootstrap (first run), curl, jq.
-# Takes ~1.5 min with a cached root (the certificate renewal wait dominates).
+# Takes ~1-1.5 min with a cached root (the certificate renewal wait dominates).
 set -euo pipefail
 
 rev1="$(cd "$1" && pwd)"
@@ -81,10 +81,11 @@ systemd-nspawn -D "$root" --register=no --keep-unit -b --private-network --conso
     --machine="k3sfleet-test-$$" >"$work/boot.log" 2>&1 &
 nspawn_pid=$!
 
+# The container's PID 1 (systemd) is nspawn's child.
 find_leader() {
     local pid
-    for pid in $(pgrep -x systemd); do
-        if [[ "$(readlink "/proc/$pid/root")" == "$root" ]]; then
+    for pid in $(pgrep -P "$nspawn_pid"); do
+        if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == systemd ]]; then
             leader=$pid
             return 0
         fi
@@ -153,17 +154,20 @@ ca = "/etc/k3sfleet/pki/ca.crt"
 cert = "/root/.config/k3sfleet/ci.crt"
 key = "/root/.config/k3sfleet/ci.key"
 EOF
-# A 2-minute agent certificate: the agent renews it (at two thirds) inside its
+# A 1-minute agent certificate: the agent renews it (at two thirds) inside its
 # sandbox while the checks below run.
-ct sh -c 'k3sfleet token create --role agent --ttl 10m --cert-ttl 2m --name-pattern "node-*" >/root/agent-token'
+ct sh -c 'k3sfleet token create --role agent --ttl 10m --cert-ttl 1m --name-pattern "node-*" >/root/agent-token'
 ct sed -i -e 's/^address = .*/address = "127.0.0.1:7443"  # local edit/' /etc/k3sfleet/agent.toml
 ct k3sfleet-agent enroll --name node-1 --token-file /root/agent-token --ca-fingerprint "$fingerprint"
 enrolled_at=$SECONDS
 ct k3sfleet-agent check-config
 ct systemctl start k3sfleet-agent.service
 [[ $(ct systemctl is-active k3sfleet-agent) == active ]] || fail "the agent is not active"
+# Type=notify: `systemctl start` returned once READY=1 arrived. The status
+# line is the READY one or, once the session is up, the agent's next one.
 status_text=$(unit_property k3sfleet-agent.service StatusText)
-[[ $status_text == "node node-1, coordinator 127.0.0.1:7443" ]] || fail "no READY status from the agent: $status_text"
+[[ $status_text == "node node-1, coordinator 127.0.0.1:7443" || $status_text == "connected to 127.0.0.1:7443" ]] \
+    || fail "no sd_notify status from the agent: $status_text"
 echo "agent ready: $status_text"
 
 step "journald, connection, /metrics"
@@ -215,7 +219,7 @@ step "remove, then purge"
 ct dpkg -r k3sfleet-agent k3sfleet-coordinator </dev/null
 for unit in k3sfleet-coordinator k3sfleet-agent; do
     [[ $(ct systemctl is-active "$unit" || true) != active ]] || fail "$unit still runs after remove"
-    ! ct pgrep -x "$unit" >/dev/null || fail "a $unit process survived remove"
+    ! ct pgrep -f "^/usr/bin/$unit " >/dev/null || fail "a $unit process survived remove"
 done
 ct test -d /var/lib/k3sfleet/agent || fail "remove deleted the agent's state"
 ct test -f /var/lib/k3sfleet/coordinator/coordinator.db || fail "remove deleted the coordinator's database"
