@@ -170,6 +170,18 @@ status_text=$(unit_property k3sfleet-agent.service StatusText)
     || fail "no sd_notify status from the agent: $status_text"
 echo "agent ready: $status_text"
 
+# The sandboxes as the kernel sees them: the writable mounts under /etc.
+rw_etc_mounts() {
+    local pid
+    pid=$(unit_property "$1.service" MainPID)
+    ct awk '$5 ~ /^\/etc/ && $6 ~ /^rw/ { print $5 }' "/proc/$pid/mountinfo"
+}
+[[ $(rw_etc_mounts k3sfleet-agent) == /etc/k3sfleet/agent ]] \
+    || fail "the agent may write under /etc: $(rw_etc_mounts k3sfleet-agent | tr '\n' ' ') (only /etc/k3sfleet/agent)"
+[[ -z $(rw_etc_mounts k3sfleet-coordinator) ]] \
+    || fail "the coordinator may write under /etc: $(rw_etc_mounts k3sfleet-coordinator | tr '\n' ' ')"
+echo "sandboxes: the agent writes only /etc/k3sfleet/agent under /etc, the coordinator nothing"
+
 step "journald, connection, /metrics"
 wait_for "the agent's start in the journal" 30 \
     ct sh -c 'journalctl -u k3sfleet-agent.service -t k3sfleet-agent -o cat | grep -q "agent started"'

@@ -199,7 +199,10 @@ fn check_config_passes_only_when_the_daemon_could_start() {
         &["check-config", "--config", &coordinator],
     );
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(!dir.path().join("data").exists(), "check-config opened the database");
+    assert!(
+        !dir.path().join("data").exists(),
+        "check-config opened the database"
+    );
 
     let coordinator = coordinator_config(dir.path(), &pki, "report_flush_interval = \"0s\"");
     let (code, stderr) = run(
