@@ -224,8 +224,13 @@ async fn serve_metrics(
         .and_then(|()| std::fs::rename(&tmp, &path))
         .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(%address, "serving metrics");
-    let render: metrics::Render = Arc::new(move || duties.metrics_text());
-    Ok(tokio::spawn(metrics::serve(listener, render, stop)))
+    let render = metrics::render_with(move || duties.metrics_text());
+    Ok(tokio::spawn(metrics::serve(
+        listener,
+        render,
+        "k3sfleet-agent: metrics at /metrics\n",
+        stop,
+    )))
 }
 
 fn enroll(
