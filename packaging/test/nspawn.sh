@@ -176,11 +176,13 @@ rw_etc_mounts() {
     pid=$(unit_property "$1.service" MainPID)
     ct awk '$5 ~ /^\/etc/ && $6 ~ /^rw/ { print $5 }' "/proc/$pid/mountinfo"
 }
-[[ $(rw_etc_mounts k3sfleet-agent) == /etc/k3sfleet/agent ]] \
-    || fail "the agent may write under /etc: $(rw_etc_mounts k3sfleet-agent | tr '\n' ' ') (only /etc/k3sfleet/agent)"
+# The agent: its credentials, and modules-load.d for Longhorn remediation.
+agent_rw=$(rw_etc_mounts k3sfleet-agent | sort | tr '\n' ' ')
+[[ $agent_rw == "/etc/k3sfleet/agent /etc/modules-load.d " ]] \
+    || fail "the agent may write under /etc: $agent_rw (expected /etc/k3sfleet/agent /etc/modules-load.d)"
 [[ -z $(rw_etc_mounts k3sfleet-coordinator) ]] \
     || fail "the coordinator may write under /etc: $(rw_etc_mounts k3sfleet-coordinator | tr '\n' ' ')"
-echo "sandboxes: the agent writes only /etc/k3sfleet/agent under /etc, the coordinator nothing"
+echo "sandboxes: under /etc the agent writes only $agent_rw, the coordinator nothing"
 
 step "journald, connection, /metrics"
 wait_for "the agent's start in the journal" 30 \
@@ -195,12 +197,13 @@ echo "node-1 connected"
 metrics=$(nsenter -t "$leader" -n curl -fsS --max-time 10 http://127.0.0.1:9464/metrics)
 grep -q '^k3sfleet_agent_info{role="agent",version="' <<<"$metrics" || fail "agent /metrics lacks k3sfleet_agent_info"
 grep -q '^k3sfleet_agent_certificate_expiry_timestamp_seconds ' <<<"$metrics" || fail "agent /metrics lacks the certificate expiry"
-if ct grep -q '^\[metrics\]' /etc/k3sfleet/coordinator.toml; then
-    coordinator_metrics=$(ct sed -n '/^\[metrics\]/,/^\[/s/^listen = "\(.*\)".*/\1/p' /etc/k3sfleet/coordinator.toml)
-    nsenter -t "$leader" -n curl -fsS --max-time 10 "http://$coordinator_metrics/metrics" \
-        | grep -q '^k3sfleet_agents_connected 1' || fail "coordinator /metrics: no k3sfleet_agents_connected 1"
-fi
-echo "/metrics answers"
+coordinator_metrics() { nsenter -t "$leader" -n curl -fsS --max-time 10 http://127.0.0.1:9465/metrics; }
+agent_counted() { coordinator_metrics | grep -q '^k3sfleet_agents_connected 1$'; }
+wait_for "the coordinator's /metrics to count the agent" 30 agent_counted
+coordinator_metrics | grep -q '^k3sfleet_node_connected{node="node-1"} 1$' || fail "coordinator /metrics: node-1 not connected"
+coordinator_metrics | grep -q '^k3sfleet_node_certificate_expiry_timestamp_seconds{node="node-1"} ' \
+    || fail "coordinator /metrics: no certificate expiry for node-1"
+echo "/metrics answers (agent :9464, coordinator :9465)"
 
 first_cert=$(ct sha256sum /etc/k3sfleet/agent/agent.crt)
 renewed() {
