@@ -9,6 +9,7 @@ APT_PACKAGES=(
     prometheus-node-exporter   # the footprint benchmark's yardstick
     iproute2                   # network namespaces for multi-host tests
     nftables                   # cutting hosts off the network
+    systemd                    # systemd-analyze verify for the agent's unit
     # Packaging tests (scripts/test-packaging.sh).
     debootstrap                # the Debian root the packages are installed in
     systemd-container          # systemd-nspawn boots it
