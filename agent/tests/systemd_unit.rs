@@ -57,7 +57,11 @@ fn the_unit_keeps_what_the_agent_relies_on() {
         .iter()
         .find(|l| l.starts_with("ReadWritePaths="))
         .unwrap();
-    for path in ["/usr/local/bin", "/etc/modules-load.d", "/etc/k3sfleet/agent"] {
+    for path in [
+        "/usr/local/bin",
+        "/etc/modules-load.d",
+        "/etc/k3sfleet/agent",
+    ] {
         assert!(
             writable.contains(path),
             "{path} is not writable: {writable}"

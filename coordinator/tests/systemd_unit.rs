@@ -21,7 +21,10 @@ fn the_unit_verifies_cleanly() {
         "/usr/bin/k3sfleet-coordinator",
         env!("CARGO_BIN_EXE_k3sfleet-coordinator"),
     );
-    assert_ne!(unit, UNIT, "ExecStart should run /usr/bin/k3sfleet-coordinator");
+    assert_ne!(
+        unit, UNIT,
+        "ExecStart should run /usr/bin/k3sfleet-coordinator"
+    );
     let path = dir.path().join("k3sfleet-coordinator.service");
     std::fs::write(&path, unit).unwrap();
     // --man=no: the man page is installed by the package, not on this host.
@@ -61,7 +64,9 @@ fn the_unit_runs_unprivileged_in_a_strict_sandbox() {
     }
     // It would make /etc/k3sfleet, and the fleet CA, writable.
     assert!(
-        !settings.iter().any(|l| l.starts_with("ConfigurationDirectory=")),
+        !settings
+            .iter()
+            .any(|l| l.starts_with("ConfigurationDirectory=")),
         "ConfigurationDirectory= makes /etc/k3sfleet writable"
     );
 }
