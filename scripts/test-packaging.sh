@@ -4,11 +4,13 @@
 #
 #   monitoring  promtool check/test of the alert rules, scrape configs and
 #               dashboard expressions (packaging/test/monitoring.sh)    ~5 s
-#   packages    scripts/package.sh twice (revision 1 and 2)            ~1-2 min
+#   packages    scripts/package.sh twice (revision 1 and 2)            ~1 min
 #   contents    what the .deb/.rpm hold and declare; glibc floor        ~5 s
 #   rpm         rpm --root installs, scriptlets, upgrade, erase         ~20 s
-#   nspawn      the .debs on a booted Debian bookworm (systemd-nspawn)  ~1.5 min
+#   nspawn      the .debs on a booted Debian bookworm (systemd-nspawn)  ~70 s
 #               (+ ~1-4 min once, to debootstrap the cached root)
+#
+# Total ~2.5 min once the dev build exists and the Debian root is cached.
 #
 #   scripts/test-packaging.sh            # everything
 #   scripts/test-packaging.sh monitoring # only the named parts (packages are
