@@ -9,6 +9,13 @@ APT_PACKAGES=(
     prometheus-node-exporter   # the footprint benchmark's yardstick
     iproute2                   # network namespaces for multi-host tests
     nftables                   # cutting hosts off the network
+    systemd                    # systemd-analyze verify for the agent's unit
+    # Packaging tests (scripts/test-packaging.sh).
+    debootstrap                # the Debian root the packages are installed in
+    systemd-container          # systemd-nspawn boots it
+    rpm                        # rpm -qp, rpm --root
+    curl                       # /metrics inside the container's network namespace
+    jq
 )
 
 missing=()
@@ -23,6 +30,9 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# Package builders for scripts/package.sh (~6 and ~8 min to compile on 2 busy cores, once).
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version 3.8.0
+command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm --version 0.21.1
 
 # kubectl 1.20 (Debian) and a current kubectl (npm) for kubesim's fidelity tests.
 scripts/fetch-test-tools.sh

@@ -111,10 +111,21 @@ impl HostAgent {
             observation.as_deref(),
             &figures,
         );
+        metrics.set_certificate_expiry(certificate_not_after(&self.config.tls.cert));
         prometheus::TextEncoder::new()
             .encode_to_string(&metrics.registry.gather())
             .unwrap_or_else(|err| format!("# encoding the metrics failed: {err}\n"))
     }
+}
+
+/// The notAfter of the agent's client certificate, read at scrape time so a
+/// renewed certificate shows at once; `None` when it cannot be read.
+fn certificate_not_after(path: &std::path::Path) -> Option<i64> {
+    let certs = k3sfleet_pki::read_certificates(path).ok()?;
+    let leaf = certs.first()?;
+    k3sfleet_pki::PeerIdentity::from_der(leaf)
+        .ok()
+        .map(|identity| identity.not_after)
 }
 
 fn role_name(role: K3sRole) -> &'static str {

@@ -51,6 +51,14 @@ enum Command {
         #[arg(long)]
         fix_iscsid: bool,
     },
+    /// Check the configuration file and the credentials it names, as `run`
+    /// would, and exit: 0 when the agent can start. Package scripts use it
+    /// to start the service only once it has credentials.
+    CheckConfig {
+        /// Configuration file
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "K3SFLEET_AGENT_CONFIG")]
+        config: PathBuf,
+    },
     /// Join the fleet with a bootstrap token: generate this host's key (it never
     /// leaves the host), get a certificate for the node name, and write key,
     /// certificate and fleet CA where the config's [tls] section says.
@@ -103,6 +111,9 @@ fn main() -> ExitCode {
                 fix_iscsid,
             });
         }
+        Command::CheckConfig { config } => load_for_run(&config).map(|(_, node_name)| {
+            println!("{}: ok (node {node_name})", config.display());
+        }),
         Command::Enroll {
             config,
             coordinator,
@@ -136,8 +147,10 @@ fn run_check(options: CheckOptions) -> ExitCode {
     ExitCode::from(runtime.block_on(check_cmd::run(options)))
 }
 
-fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
-    let config = AgentConfig::load(&config_path)?;
+/// Loads the config and checks everything `run` needs before it starts:
+/// the credentials are readable and name the configured node.
+fn load_for_run(config_path: &std::path::Path) -> anyhow::Result<(AgentConfig, String)> {
+    let config = AgentConfig::load(config_path)?;
     // Fail now, not on the first connection, when the credentials are unusable.
     k3sfleet_pki::root_store(&config.tls.ca)?;
     k3sfleet_pki::certified_key(&config.tls.cert, &config.tls.key)?;
@@ -151,6 +164,11 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
             config.tls.cert.display()
         );
     }
+    Ok((config, node_name))
+}
+
+fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
+    let (config, node_name) = load_for_run(&config_path)?;
     logging::init("k3sfleet-agent", "info");
     let journal = Journal::open(&config.state_dir)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -206,8 +224,13 @@ async fn serve_metrics(
         .and_then(|()| std::fs::rename(&tmp, &path))
         .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(%address, "serving metrics");
-    let render: metrics::Render = Arc::new(move || duties.metrics_text());
-    Ok(tokio::spawn(metrics::serve(listener, render, stop)))
+    let render = metrics::render_with(move || duties.metrics_text());
+    Ok(tokio::spawn(metrics::serve(
+        listener,
+        render,
+        "k3sfleet-agent: metrics at /metrics\n",
+        stop,
+    )))
 }
 
 fn enroll(

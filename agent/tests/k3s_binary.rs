@@ -203,6 +203,7 @@ async fn a_bad_checksum_is_refused_and_nothing_changes() {
         result.message
     );
     assert!(result.message.contains("not touched"), "{}", result.message);
+    assert!(!result.retryable, "the same bytes would fail the same way");
     assert_eq!(detail(&result).installed_version, OLD);
     assert_untouched(&sandbox);
     assert!(!sandbox.host.calls().iter().any(|c| c.contains("restart")));
@@ -225,6 +226,7 @@ async fn a_connection_cut_mid_download_leaves_the_binary_intact() {
         "{}",
         result.message
     );
+    assert!(result.retryable, "a broken connection is worth another try");
     assert_untouched(&sandbox);
 
     // Once the mirror works again, the same install completes.

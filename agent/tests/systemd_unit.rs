@@ -51,12 +51,17 @@ fn the_unit_keeps_what_the_agent_relies_on() {
     ] {
         assert!(settings.contains(&needed), "{needed} is missing");
     }
-    // The binary swap and remediation must stay possible under ProtectSystem=strict.
+    // The binary swap, remediation and certificate renewal must stay possible
+    // under ProtectSystem=strict.
     let writable = settings
         .iter()
         .find(|l| l.starts_with("ReadWritePaths="))
         .unwrap();
-    for path in ["/usr/local/bin", "/etc/modules-load.d"] {
+    for path in [
+        "/usr/local/bin",
+        "/etc/modules-load.d",
+        "/etc/k3sfleet/agent",
+    ] {
         assert!(
             writable.contains(path),
             "{path} is not writable: {writable}"

@@ -34,6 +34,17 @@ pub struct CoordinatorConfig {
     /// RPCs answer FAILED_PRECONDITION.
     #[serde(default)]
     pub kubernetes: Option<KubernetesConfig>,
+    /// Prometheus `/metrics` over plain HTTP; off without this section.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// e.g. "0.0.0.0:9465"; port 0 picks a free one, written to
+    /// `<data_dir>/metrics-address`.
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,6 +13,7 @@ pub mod drain;
 pub mod fleet;
 pub mod http;
 pub mod kube;
+pub mod metrics;
 pub mod pki_cmd;
 pub mod rollout;
 pub mod server;

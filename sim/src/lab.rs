@@ -4,6 +4,7 @@
 //!
 //! Used by the demo, by the rollout tests and by benchmarks.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -150,7 +151,8 @@ impl Lab {
             format!(
                 "listen = \"{coordinator_addr}\"\ndata_dir = \"{data}\"\nreport_flush_interval = \"500ms\"\n{extra}\n\n\
                  [tls]\nca = \"{pki}/ca.crt\"\ncert = \"{pki}/coordinator.crt\"\nkey = \"{pki}/coordinator.key\"\n\
-                 ca_key = \"{pki}/ca.key\"\n\n[artifacts]\ndir = \"{artifacts}\"\n\n[kubernetes]\nkubeconfig = \"{kubeconfig}\"\n",
+                 ca_key = \"{pki}/ca.key\"\n\n[artifacts]\ndir = \"{artifacts}\"\n\n[kubernetes]\nkubeconfig = \"{kubeconfig}\"\n\n\
+                 [metrics]\nlisten = \"127.0.0.1:0\"\n",
                 data = dir.join("coordinator-data").display(),
                 extra = spec.coordinator_extra,
                 pki = pki.display(),
@@ -281,6 +283,24 @@ impl Lab {
             &self.coordinator.log,
         )?;
         Ok(())
+    }
+
+    /// One scrape of the coordinator's `/metrics`.
+    pub fn coordinator_metrics(&self) -> anyhow::Result<String> {
+        let address_file = self.dir.join("coordinator-data").join("metrics-address");
+        let address = std::fs::read_to_string(&address_file)
+            .with_context(|| format!("reading {}", address_file.display()))?;
+        let mut stream = TcpStream::connect(address.trim())?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: coordinator\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+            _ => bail!("unexpected answer from {address}: {response}"),
+        }
     }
 
     /// Nodes cordoned in the simulated cluster right now.

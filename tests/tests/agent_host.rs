@@ -334,19 +334,26 @@ fn a_check_changing_state_is_reported_at_once_and_remediation_fixes_it() {
 
 /// GET over plain HTTP/1.0 on loopback; returns the body.
 fn http_get(address: SocketAddr, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    try_http_get(address, path).unwrap_or_else(|head| panic!("GET {path}: {head}"))
+}
+
+/// GET over plain HTTP/1.0 on loopback: the body of a 200, else the response
+/// head (a starting Prometheus answers 503 for a while).
+fn try_http_get(address: SocketAddr, path: &str) -> Result<String, String> {
+    let mut stream = std::net::TcpStream::connect(address).map_err(|err| err.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")
+        .and_then(|()| stream.read_to_string(&mut response))
+        .map_err(|err| err.to_string())?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "GET {path}: {head}"
-    );
-    body.to_string()
+    if head.starts_with("HTTP/1.") && head.contains(" 200 ") {
+        Ok(body.to_string())
+    } else {
+        Err(head.to_string())
+    }
 }
 
 fn metrics_address(agent: &AgentProcess) -> SocketAddr {
@@ -381,6 +388,16 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
             "missing {expected:?} in:\n{exposition}"
         );
     }
+    // The client certificate's notAfter, as the certificate file says.
+    let cert = k3sfleet_pki::read_certificates(&agent.home.tls.cert).unwrap();
+    let not_after = k3sfleet_pki::PeerIdentity::from_der(&cert[0])
+        .unwrap()
+        .not_after;
+    let expiry = format!("k3sfleet_agent_certificate_expiry_timestamp_seconds {not_after}\n");
+    assert!(
+        exposition.contains(&expiry),
+        "missing {expiry:?} in:\n{exposition}"
+    );
 
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
@@ -437,7 +454,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
                 return false;
             }
             let targets: serde_json::Value =
-                serde_json::from_str(&http_get(web, "/api/v1/targets")).unwrap_or_default();
+                serde_json::from_str(&try_http_get(web, "/api/v1/targets").unwrap_or_default())
+                    .unwrap_or_default();
             targets["data"]["activeTargets"]
                 .as_array()
                 .is_some_and(|t| {
@@ -447,7 +465,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         },
     );
     wait_until("Prometheus to hold the agent's series", TIMEOUT, || {
-        let query = http_get(web, "/api/v1/query?query=k3sfleet_k3s_service_active");
+        let query = try_http_get(web, "/api/v1/query?query=k3sfleet_k3s_service_active")
+            .unwrap_or_default();
         let result: serde_json::Value = serde_json::from_str(&query).unwrap_or_default();
         result["data"]["result"][0]["value"][1] == "1"
     });

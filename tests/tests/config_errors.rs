@@ -163,3 +163,52 @@ fn cli_without_configuration_says_what_is_missing() {
         "{stderr}"
     );
 }
+
+/// `check-config` runs the checks `run` makes before starting, and nothing
+/// else: package scripts start a service only when it passes.
+#[test]
+fn check_config_passes_only_when_the_daemon_could_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(&dir.path().join("pki"));
+    let files = pki.issue(Role::Agent, "worker-01");
+
+    let agent = agent_config(dir.path(), &pki, &files.cert, &files.key, "");
+    let output = Command::new(bin("k3sfleet-agent"))
+        .args(["check-config", "--config", &agent])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("ok (node worker-01)"), "{stdout}");
+    // Checked, not started: no state directory was made.
+    assert!(!dir.path().join("state").exists());
+
+    let missing = dir.path().join("missing.crt");
+    let agent = agent_config(dir.path(), &pki, &missing, &files.key, "");
+    let (code, stderr) = run("k3sfleet-agent", &["check-config", "--config", &agent]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("tls.cert") && stderr.contains(&missing.display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("enroll"), "says what to do next: {stderr}");
+
+    let coordinator = coordinator_config(dir.path(), &pki, "");
+    let (code, stderr) = run(
+        "k3sfleet-coordinator",
+        &["check-config", "--config", &coordinator],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "check-config opened the database"
+    );
+
+    let coordinator = coordinator_config(dir.path(), &pki, "report_flush_interval = \"0s\"");
+    let (code, stderr) = run(
+        "k3sfleet-coordinator",
+        &["check-config", "--config", &coordinator],
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("report_flush_interval"), "{stderr}");
+}

@@ -134,14 +134,16 @@ fn drain_shows_each_pod_waits_out_the_budget_and_is_audited() {
         "{stdout}"
     );
     assert!(stdout.contains("\nevicting shop/web-"), "{stdout}");
-    let blocked = lines
+    // One refusal at least; how many depends on how fast the replacement
+    // becomes Ready (repeated ones add "for 2s, 3 attempts").
+    let blocked: Vec<&&str> = lines
         .iter()
-        .find(|l| l.starts_with("blocked  shop/web-"))
-        .unwrap_or_else(|| panic!("no blocked line:\n{stdout}"));
-    assert!(
-        blocked.contains(" by PDB shop/web (3/3 healthy) for "),
-        "{blocked}"
-    );
+        .filter(|l| l.starts_with("blocked  shop/web-"))
+        .collect();
+    assert!(!blocked.is_empty(), "no blocked line:\n{stdout}");
+    for line in &blocked {
+        assert!(line.contains(" by PDB shop/web (3/3 healthy)"), "{line}");
+    }
     assert!(stdout.contains("\ngone     shop/web-"), "{stdout}");
     assert!(stdout.contains("\nDRAINED: drained worker-1: "), "{stdout}");
     assert!(stdout.contains("\nwaited: "), "{stdout}");

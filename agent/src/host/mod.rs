@@ -22,6 +22,41 @@ use crate::disks::DisksConfig;
 use crate::k3s::K3sConfig;
 
 /// `[host]`: the host the agent manages and how it reaches its tools.
+/// Every key is optional; the defaults fit a standard K3s host:
+///
+/// ```toml
+/// [host]
+/// root = "/"                 # every host path is resolved under this
+/// tool_timeout = "30s"       # any host tool call is killed after this
+/// check_interval = "15s"     # host checks; a changed status is reported at once
+///
+/// [host.tools]               # a bare name is looked up in PATH
+/// systemctl = "systemctl"
+/// tailscale = "tailscale"
+/// smartctl = "smartctl"
+/// dpkg_query = "dpkg-query"
+/// rpm = "rpm"
+/// modprobe = "modprobe"
+/// chcon = "chcon"
+///
+/// [host.k3s]
+/// binary = "/usr/local/bin/k3s"   # the previous one is kept as <binary>.previous
+/// health_timeout = "3m"           # new version must be active by then, else rollback
+/// snapshot_timeout = "5m"         # k3s etcd-snapshot save
+/// download_stall_timeout = "60s"  # a download with no data for this long fails
+/// # mirror_ca = "/etc/k3sfleet/mirror-ca.pem"  # extra CA for https mirrors
+///
+/// [host.disks]
+/// paths = ["/var/lib/rancher", "/var/lib/longhorn"]
+/// statfs_timeout = "5s"      # a hanging filesystem is an error after this
+/// free_warning_ratio = 0.20  # free space or inodes below: warning
+/// free_error_ratio = 0.10    # ... below: error
+/// smart = true
+///
+/// [host.longhorn]
+/// checks = true              # the Longhorn preflight checks
+/// v2_data_engine = false     # also huge pages, SPDK modules, CPU flags
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {

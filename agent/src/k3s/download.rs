@@ -40,6 +40,12 @@ pub enum DownloadError {
     },
 }
 
+impl DownloadError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DownloadError::Fetch(fetch) if fetch.is_transient())
+    }
+}
+
 /// A verified binary in its temporary file. Removed on drop unless installed.
 #[derive(Debug)]
 pub struct Downloaded {

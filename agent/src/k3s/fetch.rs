@@ -60,7 +60,11 @@ pub enum FetchError {
         source: SessionError,
     },
     #[error("the coordinator cannot stream {name}: {message}")]
-    Coordinator { name: String, message: String },
+    Coordinator {
+        name: String,
+        message: String,
+        code: tonic::Code,
+    },
     #[error("no data for {name} from {source_name} in {}; gave up", humantime::format_duration(*after))]
     Stalled {
         name: String,
@@ -69,6 +73,29 @@ pub enum FetchError {
     },
     #[error("{name} is larger than {limit} bytes; refusing it")]
     TooLarge { name: String, limit: u64 },
+}
+
+impl FetchError {
+    /// A network or server hiccup that a later try may not meet.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Http { .. } | FetchError::Dial { .. } | FetchError::Stalled { .. } => true,
+            FetchError::HttpStatus { status, .. } => *status == 429 || *status >= 500,
+            // Refusals (no such artifact, not allowed) stay refusals; the
+            // rest is the channel failing under the stream.
+            FetchError::Coordinator { code, .. } => !matches!(
+                code,
+                tonic::Code::NotFound
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::OutOfRange
+                    | tonic::Code::Unimplemented
+            ),
+            FetchError::File { .. } | FetchError::TooLarge { .. } => false,
+        }
+    }
 }
 
 impl Source {
@@ -130,6 +157,7 @@ impl Source {
                     .map_err(|status| FetchError::Coordinator {
                         name: name.to_string(),
                         message: status.message().to_string(),
+                        code: status.code(),
                     })?
                     .into_inner();
                 Body::Grpc(stream)
@@ -196,6 +224,7 @@ impl ArtifactReader {
                     Err(status) => Err(FetchError::Coordinator {
                         name: name.clone(),
                         message: status.message().to_string(),
+                        code: status.code(),
                     }),
                 },
             }

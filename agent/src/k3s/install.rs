@@ -149,7 +149,12 @@ impl K3sManager {
         );
         let expected = match self.expected_digest(version, assets, source).await {
             Ok(digest) => digest,
-            Err(reason) => return failed(format!("{reason}; nothing was changed")),
+            Err(fetch) => {
+                return retryable(
+                    failed(format!("{}; nothing was changed", fetch.reason)),
+                    fetch.transient,
+                );
+            }
         };
 
         let pending = self.intent.read();
@@ -196,8 +201,14 @@ impl K3sManager {
         );
         let downloaded = match self.download(version, assets, source, &expected).await {
             Ok(downloaded) => downloaded,
-            Err(reason) => {
-                return failed(format!("{reason}; the installed binary was not touched"));
+            Err(err) => {
+                return retryable(
+                    failed(format!(
+                        "{}; the installed binary was not touched",
+                        display_error(&err)
+                    )),
+                    err.is_transient(),
+                );
             }
         };
         progress.step(
@@ -270,23 +281,24 @@ impl K3sManager {
         version: &str,
         assets: &Assets,
         source: &Source,
-    ) -> Result<String, String> {
+    ) -> Result<String, FetchFailure> {
         let stall = self.config.download_stall_timeout;
-        let reader = source
-            .open(version, assets.checksums)
-            .await
-            .map_err(|err| display_error(&err))?;
-        let bytes = reader
-            .read_small(CHECKSUM_FILE_LIMIT, stall)
-            .await
-            .map_err(|err| display_error(&err))?;
+        let fetched = match source.open(version, assets.checksums).await {
+            Ok(reader) => reader.read_small(CHECKSUM_FILE_LIMIT, stall).await,
+            Err(err) => Err(err),
+        };
+        let bytes = fetched.map_err(|err| FetchFailure {
+            reason: display_error(&err),
+            transient: err.is_transient(),
+        })?;
         let text = String::from_utf8_lossy(&bytes);
-        release::checksum_for(&text, assets.binary).map_err(|err| {
-            format!(
+        release::checksum_for(&text, assets.binary).map_err(|err| FetchFailure {
+            reason: format!(
                 "{} of {version} from {}: {err}",
                 assets.checksums,
                 source.describe()
-            )
+            ),
+            transient: false,
         })
     }
 
@@ -296,11 +308,8 @@ impl K3sManager {
         assets: &Assets,
         source: &Source,
         expected: &str,
-    ) -> Result<download::Downloaded, String> {
-        let reader = source
-            .open(version, assets.binary)
-            .await
-            .map_err(|err| display_error(&err))?;
+    ) -> Result<download::Downloaded, download::DownloadError> {
+        let reader = source.open(version, assets.binary).await?;
         download::download(
             reader,
             &source.describe(),
@@ -309,7 +318,6 @@ impl K3sManager {
             self.config.download_stall_timeout,
         )
         .await
-        .map_err(|err| display_error(&err))
     }
 
     /// Restarts the service on the binary now in place and verifies it; on
@@ -452,6 +460,18 @@ impl K3sManager {
             ))
         }
     }
+}
+
+/// Why the checksum file could not be had, and whether trying again may help.
+struct FetchFailure {
+    reason: String,
+    transient: bool,
+}
+
+/// Marks a failure that left the host unchanged as worth another try.
+fn retryable(mut result: CommandResult, transient: bool) -> CommandResult {
+    result.retryable = transient;
+    result
 }
 
 fn with_detail(

@@ -198,10 +198,9 @@ impl K3sManager {
 
     /// What is installed and whether its service runs.
     pub async fn state(&self) -> K3sState {
-        let (installed_version, binary_sha256) =
-            self.describe(&self.slot.target().to_owned()).await;
+        let (installed_version, binary_sha256) = self.describe(self.slot.target()).await;
         let (previous_version, _) = if self.slot.has_previous() {
-            self.describe(&self.slot.previous().to_owned()).await
+            self.describe(self.slot.previous()).await
         } else {
             (String::new(), String::new())
         };
@@ -221,12 +220,12 @@ impl K3sManager {
 
     /// The installed version, empty when there is no binary.
     pub async fn installed_version(&self) -> String {
-        self.describe(&self.slot.target().to_owned()).await.0
+        self.describe(self.slot.target()).await.0
     }
 
     /// (version, sha256) of the binary at `path`; empty strings for what
     /// cannot be told.
-    async fn describe(&self, path: &PathBuf) -> (String, String) {
+    async fn describe(&self, path: &Path) -> (String, String) {
         let sha = match self.slot.sha256_of(path).await {
             Ok(Some(sha)) => sha,
             Ok(None) => return (String::new(), String::new()),

@@ -24,6 +24,7 @@ const STATUSES: [Health; 3] = [Health::Ok, Health::Warning, Health::Error];
 pub struct Families {
     pub registry: Registry,
     agent_info: GaugeVec,
+    agent_cert_expiry: GaugeVec,
     commands: IntCounterVec,
     host_cpus: Gauge,
     host_cpu_usage: Gauge,
@@ -103,6 +104,12 @@ impl Default for Families {
                 "k3sfleet_agent_info",
                 "The k3sfleet agent's version; always 1.",
                 &["version", "role"],
+            ),
+            agent_cert_expiry: gauges(
+                &r,
+                "k3sfleet_agent_certificate_expiry_timestamp_seconds",
+                "When the agent's client certificate expires (notAfter), as a Unix timestamp; absent when the certificate cannot be read.",
+                &[],
             ),
             commands,
             host_cpus: gauge(&r, "k3sfleet_host_cpus", "Number of logical CPUs."),
@@ -279,6 +286,17 @@ impl Default for Families {
 impl Families {
     pub fn count_command(&self, command: &str, outcome: &str) {
         self.commands.with_label_values(&[command, outcome]).inc();
+    }
+
+    /// Sets the client certificate's expiry (Unix seconds), or removes the
+    /// series when the certificate could not be read.
+    pub fn set_certificate_expiry(&self, not_after: Option<i64>) {
+        self.agent_cert_expiry.reset();
+        if let Some(not_after) = not_after {
+            self.agent_cert_expiry
+                .with_label_values::<&str>(&[])
+                .set(not_after as f64);
+        }
     }
 
     /// Sets every gauge from the latest observation and fresh host figures.

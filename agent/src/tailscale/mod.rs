@@ -222,7 +222,8 @@ fn validate(request: &TailscaleUp) -> Result<(), String> {
         }
     }
     let server = request.login_server.trim();
-    if !server.is_empty() && !(server.starts_with("https://") || server.starts_with("http://")) {
+    let is_url = server.starts_with("https://") || server.starts_with("http://");
+    if !server.is_empty() && !is_url {
         return Err(format!(
             "invalid login server {server:?}: expected an https:// URL"
         ));
@@ -297,10 +298,13 @@ mod tests {
         }
     }
 
+    /// Spoils one field of a good request.
+    type Spoil = fn(&mut TailscaleUp);
+
     #[test]
     fn validation_names_what_is_wrong() {
         validate(&request()).unwrap();
-        let cases: [(fn(&mut TailscaleUp), &str); 6] = [
+        let cases: [(Spoil, &str); 6] = [
             (|r| r.auth_key = " ".into(), "auth key is empty"),
             (|r| r.hostname = "bad name".into(), "invalid hostname"),
             (|r| r.advertise_tags = vec!["k3s".into()], "invalid tag"),

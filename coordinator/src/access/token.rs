@@ -134,7 +134,9 @@ mod tests {
             "k3sfleet.0123ABCD.0123456789abcdef0123456789abcdef",
         ] {
             let err = Token::parse(bad).unwrap_err();
-            assert!(bad.is_empty() || !err.to_string().contains(bad), "{err}");
+            // Short inputs ("k3sfleet") may match the message's own words;
+            // anything secret-sized must not come back.
+            assert!(bad.len() < 16 || !err.to_string().contains(bad), "{err}");
         }
     }
 

@@ -27,6 +27,14 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "K3SFLEET_COORDINATOR_CONFIG")]
         config: PathBuf,
     },
+    /// Check the configuration file and the credentials it names, as `run`
+    /// would, and exit: 0 when the coordinator can start. Package scripts
+    /// use it to start the service only once it has credentials.
+    CheckConfig {
+        /// Configuration file
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "K3SFLEET_COORDINATOR_CONFIG")]
+        config: PathBuf,
+    },
     /// Manage the fleet CA.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -93,6 +101,9 @@ fn main() -> ExitCode {
         config: PathBuf::from(DEFAULT_CONFIG_PATH),
     }) {
         Command::Run { config } => run_daemon(config),
+        Command::CheckConfig { config } => load_for_run(&config).map(|_| {
+            println!("{}: ok", config.display());
+        }),
         Command::Ca(CaCommand::Init {
             dir,
             sans,
@@ -130,11 +141,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
-    let config = CoordinatorConfig::load(&config_path)?;
-    // Fail before anything starts when the credentials are unusable.
+/// Loads the config and checks the credentials, before anything starts.
+fn load_for_run(config_path: &std::path::Path) -> anyhow::Result<CoordinatorConfig> {
+    let config = CoordinatorConfig::load(config_path)?;
     k3sfleet_pki::root_store(&config.tls.ca)?;
     k3sfleet_pki::certified_key(&config.tls.cert, &config.tls.key)?;
+    Ok(config)
+}
+
+fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = load_for_run(&config_path)?;
     logging::init("k3sfleet-coordinator", "info");
     raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

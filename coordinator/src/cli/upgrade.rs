@@ -99,6 +99,9 @@ pub struct OptionsArgs {
     /// Evict pods with emptyDir volumes (their data is lost)
     #[arg(long)]
     delete_emptydir_data: bool,
+    /// Evict pods no controller recreates (they are gone for good)
+    #[arg(long)]
+    force: bool,
 }
 
 impl OptionsArgs {
@@ -120,6 +123,7 @@ impl OptionsArgs {
             source: Some(ArtifactSource { kind: Some(kind) }),
             alerts_url: self.alerts_url.clone().unwrap_or_default(),
             delete_emptydir_data: self.delete_emptydir_data,
+            force: self.force,
         }
     }
 }

@@ -36,6 +36,15 @@ pub fn node_state(node: &Node) -> NodeState {
     }
 }
 
+fn drain_options(request: &DrainRequest) -> DrainOptions {
+    DrainOptions {
+        timeout: request.timeout,
+        delete_emptydir_data: request.delete_emptydir_data,
+        force: request.force,
+        ..DrainOptions::default()
+    }
+}
+
 impl Cluster for DrainEngine {
     fn node(&self, name: String) -> BoxFuture<'_, Result<Option<NodeState>, ClusterError>> {
         Box::pin(async move {
@@ -73,14 +82,29 @@ impl Cluster for DrainEngine {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<DrainResult, ClusterError>> {
         Box::pin(async move {
-            let options = DrainOptions {
-                timeout: request.timeout,
-                delete_emptydir_data: request.delete_emptydir_data,
-                ..DrainOptions::default()
-            };
-            DrainEngine::drain(self, &name, &options, events, cancel)
+            DrainEngine::drain(self, &name, &drain_options(&request), events, cancel)
                 .await
                 .map_err(cluster_error)
+        })
+    }
+
+    fn drain_refusals(
+        &self,
+        name: String,
+        request: DrainRequest,
+    ) -> BoxFuture<'_, Result<Vec<String>, ClusterError>> {
+        Box::pin(async move {
+            let plan = DrainEngine::plan(self, &name, &drain_options(&request))
+                .await
+                .map_err(cluster_error)?;
+            Ok(plan
+                .refused
+                .iter()
+                .map(|refused| {
+                    let pod = refused.pod.clone().unwrap_or_default();
+                    format!("{}/{} ({})", pod.namespace, pod.name, refused.reason)
+                })
+                .collect())
         })
     }
 

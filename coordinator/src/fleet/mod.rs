@@ -361,6 +361,17 @@ impl Fleet {
         })
     }
 
+    /// When each open session's certificate expires, by node.
+    pub fn session_cert_expiries(&self) -> Vec<(String, i64)> {
+        self.lock()
+            .nodes
+            .iter()
+            .filter_map(|(name, node)| {
+                Some((name.clone(), node.session.as_ref()?.cert_not_after_ms))
+            })
+            .collect()
+    }
+
     /// How many agents hold a session right now.
     pub fn connected_count(&self) -> usize {
         self.lock()

@@ -2,7 +2,7 @@
 //! drain engine's kube-rs client; the engine never talks to the API directly.
 
 use futures::future::BoxFuture;
-use k3sfleet_proto::v1::{DrainEvent, DrainResult};
+use k3sfleet_proto::v1::{DrainEvent, DrainResult, UpgradeOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +26,24 @@ pub struct ClusterError(pub String);
 pub struct DrainRequest {
     pub timeout: std::time::Duration,
     pub delete_emptydir_data: bool,
+    pub force: bool,
+}
+
+impl DrainRequest {
+    /// Ten minutes unless the rollout says otherwise: a node's replacements
+    /// may need to pull images.
+    pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+    pub fn for_rollout(options: &UpgradeOptions) -> DrainRequest {
+        DrainRequest {
+            timeout: match options.drain_timeout_seconds {
+                0 => Self::DEFAULT_TIMEOUT,
+                seconds => std::time::Duration::from_secs(seconds.into()),
+            },
+            delete_emptydir_data: options.delete_emptydir_data,
+            force: options.force,
+        }
+    }
 }
 
 pub trait Cluster: Send + Sync + 'static {
@@ -41,5 +59,12 @@ pub trait Cluster: Send + Sync + 'static {
         events: mpsc::Sender<DrainEvent>,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<DrainResult, ClusterError>>;
+    /// Pods that would stop the node's drain before it starts, each as
+    /// "ns/name (why)"; empty when the drain can begin.
+    fn drain_refusals(
+        &self,
+        name: String,
+        request: DrainRequest,
+    ) -> BoxFuture<'_, Result<Vec<String>, ClusterError>>;
     fn budgets(&self) -> BoxFuture<'_, Result<Vec<Budget>, ClusterError>>;
 }

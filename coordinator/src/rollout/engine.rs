@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Cluster;
+use super::metrics::RolloutMetrics;
 use super::planner::{MaxUnavailable, next_wave};
 use super::state::{Control, NodeView, Phase, Refused, Step, apply_control};
 use super::window::{self, MaintenanceWindow};
@@ -81,6 +82,7 @@ pub struct RolloutEngine {
     /// Node workers under way, by node; cancelling a token stops its worker
     /// where it stands (the coordinator is shutting down; the state is saved).
     pub(super) workers: std::sync::Mutex<HashMap<String, CancellationToken>>,
+    pub(super) metrics: RolloutMetrics,
 }
 
 impl std::fmt::Debug for RolloutEngine {
@@ -108,7 +110,18 @@ impl RolloutEngine {
             changes: watch::channel(0).0,
             wake: Notify::new(),
             workers: std::sync::Mutex::new(HashMap::new()),
+            metrics: RolloutMetrics::default(),
         })
+    }
+
+    /// Step durations and drain waits so far, for `/metrics`.
+    pub fn metrics(&self) -> &RolloutMetrics {
+        &self.metrics
+    }
+
+    /// The unfinished rollout, if there is one.
+    pub async fn active(&self) -> Option<RolloutRecord> {
+        self.active.lock().await.clone()
     }
 
     /// Moves whenever a rollout changes (for watchers).

@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod cluster;
 pub mod engine;
+pub mod metrics;
 pub mod plan;
 pub mod planner;
 pub mod rules;

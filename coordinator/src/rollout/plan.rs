@@ -10,6 +10,7 @@ use k3sfleet_proto::v1::{
 };
 use sha2::{Digest, Sha256};
 
+use super::cluster::DrainRequest;
 use super::engine::{RolloutEngine, RolloutError};
 use super::planner::{MaxUnavailable, plan_waves};
 use super::rules::{self, NodeVersion};
@@ -143,7 +144,7 @@ impl RolloutEngine {
             .iter()
             .filter(|c| c.current != target.to_string())
             .collect();
-        let mut blockers = self.blockers_for(&to_upgrade).await;
+        let mut blockers = self.blockers_for(&to_upgrade, &valid.options).await;
         blockers.extend(self.artifact_blockers(&valid.options, target, &to_upgrade));
 
         let workers: Vec<String> = to_upgrade
@@ -232,7 +233,12 @@ impl RolloutEngine {
     }
 
     /// What holds up each node now: its agent, its checks, its Kubernetes node.
-    async fn blockers_for(&self, nodes: &[&Candidate]) -> Vec<PlanBlocker> {
+    async fn blockers_for(
+        &self,
+        nodes: &[&Candidate],
+        options: &UpgradeOptions,
+    ) -> Vec<PlanBlocker> {
+        let drain = DrainRequest::for_rollout(options);
         let now = unix_ms();
         let mut blockers = Vec::new();
         for node in nodes {
@@ -267,8 +273,8 @@ impl RolloutEngine {
                     ));
                 }
             }
-            match &self.cluster {
-                Some(cluster) => match cluster.node(node.name.clone()).await {
+            if let Some(cluster) = &self.cluster {
+                match cluster.node(node.name.clone()).await {
                     Ok(Some(state)) if state.ready => {}
                     Ok(Some(_)) => blockers.push(blocker(
                         &node.name,
@@ -281,8 +287,17 @@ impl RolloutEngine {
                         "Kubernetes has no such node".into(),
                     )),
                     Err(err) => blockers.push(blocker(&node.name, "kubernetes", err.to_string())),
-                },
-                None => {}
+                }
+                // Found now rather than as a failed drain halfway through the fleet.
+                match cluster
+                    .drain_refusals(node.name.clone(), drain.clone())
+                    .await
+                {
+                    Ok(refused) => blockers.extend(refused.into_iter().map(|pod| {
+                        blocker(&node.name, "drain", format!("pod {pod} cannot be evicted"))
+                    })),
+                    Err(err) => blockers.push(blocker(&node.name, "drain", err.to_string())),
+                }
             }
         }
         if self.cluster.is_none() {

@@ -19,11 +19,17 @@ use super::worker::node_mut;
 use crate::clock::unix_ms;
 use crate::store::{NodeProgress, RolloutRecord};
 
+/// A settling node as last seen.
+#[derive(Debug, Default)]
+struct SettleHealth {
+    unhealthy: Vec<String>,
+    unseen: Vec<String>,
+}
+
 /// How often steps that wait look again.
 const POLL: Duration = Duration::from_millis(500);
 /// Defaults when the rollout's options leave them at zero.
 const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
-const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time for the download on top of the agent's health timeout.
 const INSTALL_MARGIN: Duration = Duration::from_secs(600);
@@ -58,18 +64,21 @@ fn seconds_or(seconds: u32, default: Duration) -> Duration {
 }
 
 impl RolloutEngine {
+    /// Runs the node's current step; `retry` counts this process's transient
+    /// retries of it, so a retried command gets an id of its own.
     pub(super) async fn run_step(
         self: &Arc<Self>,
         rollout: &RolloutRecord,
         node: &NodeProgress,
+        retry: u32,
         shutdown: &CancellationToken,
     ) -> Result<StepOutcome, StepError> {
         match node.step {
             Step::PreCheck => self.pre_check(node, shutdown).await,
-            Step::Snapshot => self.snapshot(rollout, node, shutdown).await,
+            Step::Snapshot => self.snapshot(rollout, node, retry, shutdown).await,
             Step::Cordon => self.cordon(node).await,
             Step::Drain => self.drain(rollout, node, shutdown).await,
-            Step::Install => self.install(rollout, node, shutdown).await,
+            Step::Install => self.install(rollout, node, retry, shutdown).await,
             Step::WaitReady => self.wait_ready(rollout, node, shutdown).await,
             Step::Settle => self.settle(rollout, node, shutdown).await,
             Step::Uncordon => self.uncordon(node).await,
@@ -184,14 +193,12 @@ impl RolloutEngine {
         &self,
         rollout: &RolloutRecord,
         node: &NodeProgress,
+        retry: u32,
         shutdown: &CancellationToken,
     ) -> Result<StepOutcome, StepError> {
         let name = format!("k3sfleet-rollout-{}-{}", rollout.id, node.node);
         let command = Command {
-            id: format!(
-                "rollout-{}-{}-snapshot-{}",
-                rollout.id, node.node, node.attempt
-            ),
+            id: command_id(rollout, node, "snapshot", retry),
             action: Some(command::Action::EtcdSnapshot(EtcdSnapshot {
                 name: name.clone(),
             })),
@@ -255,10 +262,7 @@ impl RolloutEngine {
             .cluster
             .clone()
             .ok_or_else(|| StepError::Fatal("no Kubernetes access".into()))?;
-        let request = DrainRequest {
-            timeout: seconds_or(rollout.options.drain_timeout_seconds, DEFAULT_DRAIN_TIMEOUT),
-            delete_emptydir_data: rollout.options.delete_emptydir_data,
-        };
+        let request = DrainRequest::for_rollout(&rollout.options);
         let (events, mut receiver) = tokio::sync::mpsc::channel(64);
         let cancel = shutdown.child_token();
         let watcher = {
@@ -343,6 +347,7 @@ impl RolloutEngine {
         &self,
         rollout: &RolloutRecord,
         node: &NodeProgress,
+        retry: u32,
         shutdown: &CancellationToken,
     ) -> Result<StepOutcome, StepError> {
         let health_timeout = seconds_or(
@@ -350,10 +355,7 @@ impl RolloutEngine {
             DEFAULT_HEALTH_TIMEOUT,
         );
         let command = Command {
-            id: format!(
-                "rollout-{}-{}-install-{}",
-                rollout.id, node.node, node.attempt
-            ),
+            id: command_id(rollout, node, "install", retry),
             action: Some(command::Action::InstallK3s(InstallK3s {
                 version: rollout.target.clone(),
                 source: rollout.options.source.clone(),
@@ -449,7 +451,10 @@ impl RolloutEngine {
         missing
     }
 
-    /// Healthy for the whole settle period.
+    /// Healthy for the whole settle period, watched without a gap: while the
+    /// node cannot be seen (its agent reconnecting, the API or the alerts
+    /// source not answering) the hold starts over rather than failing a node
+    /// that may be fine; seen unhealthy, it fails.
     async fn settle(
         &self,
         rollout: &RolloutRecord,
@@ -457,42 +462,121 @@ impl RolloutEngine {
         shutdown: &CancellationToken,
     ) -> Result<StepOutcome, StepError> {
         let settle = seconds_or(rollout.options.settle_seconds, DEFAULT_SETTLE);
-        // Counted from when the step began, so a restart does not start over.
-        let began = node.step_started_ms.unwrap_or_else(unix_ms);
+        let unseen_limit = seconds_or(
+            rollout.options.health_timeout_seconds,
+            DEFAULT_HEALTH_TIMEOUT,
+        );
         let started = Instant::now();
+        // Health seen by another coordinator process does not count: after a
+        // restart the hold begins again.
+        let mut healthy_since = Instant::now();
+        let mut unseen_since: Option<Instant> = None;
         loop {
-            let mut problems = self.upgraded_problems(&node.node, &rollout.target).await;
-            problems.extend(self.node_problems(&node.node).await);
-            if !rollout.options.alerts_url.is_empty() {
-                match super::alerts::firing(&rollout.options.alerts_url).await {
-                    Ok(firing) if firing.is_empty() => {}
-                    Ok(firing) => problems.push(format!("alerts firing: {}", firing.join(", "))),
-                    Err(err) => problems.push(format!("cannot query alerts: {err}")),
-                }
-            }
-            if !problems.is_empty() {
+            let seen = self.settle_health(&node.node, rollout).await;
+            if !seen.unhealthy.is_empty() {
                 return Err(StepError::Fatal(format!(
                     "unhealthy while settling: {}",
-                    problems.join("; ")
+                    seen.unhealthy.join("; ")
                 )));
             }
-            let held = Duration::from_millis(unix_ms().saturating_sub(began).max(0) as u64);
-            if held >= settle {
-                return Ok(StepOutcome {
-                    waits: waited("settle", started),
-                    ..Default::default()
-                });
+            if seen.unseen.is_empty() {
+                unseen_since = None;
+                let held = healthy_since.elapsed();
+                if held >= settle {
+                    return Ok(StepOutcome {
+                        waits: waited("settle", started),
+                        ..Default::default()
+                    });
+                }
+                self.set_blocker(
+                    &node.node,
+                    Some(format!(
+                        "settling: healthy for {}s of {}s",
+                        held.as_secs(),
+                        settle.as_secs()
+                    )),
+                );
+            } else {
+                healthy_since = Instant::now();
+                let unseen_for = unseen_since.get_or_insert_with(Instant::now).elapsed();
+                let what = seen.unseen.join("; ");
+                if unseen_for >= unseen_limit {
+                    return Err(StepError::Fatal(format!(
+                        "could not watch the node settle for {unseen_limit:?}: {what}"
+                    )));
+                }
+                self.set_blocker(
+                    &node.node,
+                    Some(format!("settling held: waiting for {what}")),
+                );
             }
-            self.set_blocker(
-                &node.node,
-                Some(format!(
-                    "settling: healthy for {}s of {}s",
-                    held.as_secs(),
-                    settle.as_secs()
-                )),
-            );
             self.sleep_or_shutdown(shutdown).await?;
         }
+    }
+
+    /// What settle sees: problems with the node, and what it cannot see.
+    async fn settle_health(&self, name: &str, rollout: &RolloutRecord) -> SettleHealth {
+        let mut health = SettleHealth::default();
+        let now = unix_ms();
+        match self.fleet.connectivity_of(name, now) {
+            Some(Connectivity::Connected) => {
+                let report = self.fleet.detail(name, now).and_then(|d| d.last_report);
+                let reported = report
+                    .as_ref()
+                    .and_then(|r| r.k3s.as_ref())
+                    .map(|k| k.installed_version.as_str())
+                    .unwrap_or_default();
+                if reported != rollout.target {
+                    health.unhealthy.push(format!(
+                        "the agent reports K3s {reported:?}, not {}",
+                        rollout.target
+                    ));
+                }
+                for check in report
+                    .iter()
+                    .flat_map(|r| &r.checks)
+                    .filter(|c| c.status == Health::Error as i32)
+                {
+                    health.unhealthy.push(format!(
+                        "{name} check {} is failing: {}",
+                        check.id, check.message
+                    ));
+                }
+            }
+            other => health.unseen.push(format!(
+                "the agent on {name} (it is {})",
+                other.map_or("not connected", connectivity_word)
+            )),
+        }
+        match self.cluster.as_ref().map(|c| c.node(name.to_string())) {
+            Some(lookup) => match lookup.await {
+                Ok(Some(state)) if !state.ready => health
+                    .unhealthy
+                    .push(format!("Kubernetes node {name} is not Ready")),
+                Ok(Some(state)) if state.kubelet_version != rollout.target => {
+                    health.unhealthy.push(format!(
+                        "kubelet reports {}, not {}",
+                        state.kubelet_version, rollout.target
+                    ))
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => health
+                    .unhealthy
+                    .push(format!("Kubernetes has no node {name}")),
+                Err(err) => health.unseen.push(format!("the Kubernetes API ({err})")),
+            },
+            None => health.unhealthy.push("no Kubernetes access".into()),
+        }
+        if !rollout.options.alerts_url.is_empty() {
+            match super::alerts::firing(&rollout.options.alerts_url).await {
+                Ok(firing) if firing.is_empty() => {}
+                Ok(firing) => health
+                    .unhealthy
+                    .push(format!("alerts firing: {}", firing.join(", "))),
+                Err(err) => health.unseen.push(format!("the alerts source ({err})")),
+            }
+        }
+        health
     }
 
     async fn uncordon(&self, node: &NodeProgress) -> Result<StepOutcome, StepError> {
@@ -559,6 +643,9 @@ impl RolloutEngine {
                         Some(command_event::Event::Result(result)) => {
                             return match CommandOutcome::try_from(result.outcome).unwrap_or(CommandOutcome::Unspecified) {
                                 CommandOutcome::Succeeded | CommandOutcome::NoOp => Ok(result),
+                                CommandOutcome::Failed if result.retryable => {
+                                    Err(StepError::Transient(format!("the agent reports: {}", result.message)))
+                                }
                                 _ => Err(StepError::Fatal(format!("the agent reports: {}", result.message))),
                             };
                         }
@@ -620,6 +707,20 @@ impl RolloutEngine {
 
 fn waited(reason: &str, since: Instant) -> Vec<(String, u64)> {
     vec![(reason.to_string(), since.elapsed().as_millis() as u64)]
+}
+
+/// The same id for the same try, so a restarted coordinator re-sending it
+/// gets the agent's earlier result instead of a second run; a retry after a
+/// passing failure needs a new one, or it would only replay that failure.
+fn command_id(rollout: &RolloutRecord, node: &NodeProgress, what: &str, retry: u32) -> String {
+    let id = format!(
+        "rollout-{}-{}-{what}-{}",
+        rollout.id, node.node, node.attempt
+    );
+    match retry {
+        0 => id,
+        retry => format!("{id}.{retry}"),
+    }
 }
 
 fn connectivity_word(connectivity: Connectivity) -> &'static str {

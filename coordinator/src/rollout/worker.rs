@@ -106,7 +106,10 @@ impl RolloutEngine {
         let mut delay = self.settings.retry_base;
         let mut transient_failures = 0;
         loop {
-            match self.run_step(rollout, progress, shutdown).await {
+            match self
+                .run_step(rollout, progress, transient_failures, shutdown)
+                .await
+            {
                 Err(StepError::Transient(reason))
                     if transient_failures < self.settings.step_retries =>
                 {
@@ -136,6 +139,14 @@ impl RolloutEngine {
         outcome: StepOutcome,
     ) -> Result<(), RolloutError> {
         self.set_blocker(node, None);
+        let began_ms = self
+            .node_now(node)
+            .await
+            .and_then(|(_, n)| n.step_started_ms);
+        let took = began_ms.map_or(Duration::ZERO, |began| {
+            Duration::from_millis(unix_ms().saturating_sub(began).max(0) as u64)
+        });
+        self.metrics.step_finished(step, took, &outcome.waits);
         let (_, saved) = self
             .update(|rollout| {
                 let n = node_mut(rollout, node);
@@ -171,6 +182,13 @@ impl RolloutEngine {
             step = progress.step.as_str(),
             "node moved on"
         );
+        self.audit(
+            "coordinator",
+            &format!("rollout.{}", step.as_str()),
+            Some(node),
+            format!("rollout {}: {} finished", saved.id, step.as_str()),
+        )
+        .await;
         if progress.step == Step::Done {
             self.audit(
                 "coordinator",

@@ -58,6 +58,14 @@ pub enum StartError {
     Kubernetes(#[from] crate::kube::KubeClientError),
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Metrics(#[from] k3sfleet_daemon::metrics_http::ListenError),
+    #[error("cannot write {path}")]
+    MetricsAddress {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running coordinator.
@@ -178,6 +186,19 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
     });
 
     let stop_rollouts = tokio_util::sync::CancellationToken::new();
+    let metrics = match &config.metrics {
+        Some(metrics) => Some(
+            serve_metrics(
+                metrics,
+                &config.data_dir,
+                fleet.clone(),
+                rollouts.clone(),
+                stop_rollouts.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let background = vec![
         tokio::spawn({
             let stop = stop_rollouts.clone();
@@ -190,7 +211,10 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         certificate.watch(CERT_RELOAD_INTERVAL),
         spawn_report_flusher(fleet.clone(), config.report_flush_interval),
         spawn_expiry_sweeper(fleet.clone()),
-    ];
+    ]
+    .into_iter()
+    .chain(metrics)
+    .collect::<Vec<_>>();
     let task = {
         let fleet = fleet.clone();
         tokio::spawn(async move {
@@ -219,6 +243,41 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         shutdown,
         task,
     })
+}
+
+/// Serves `/metrics`, and writes the bound address beside the database (so a
+/// configured port 0 can be found).
+async fn serve_metrics(
+    config: &crate::config::MetricsConfig,
+    data_dir: &std::path::Path,
+    fleet: Arc<Fleet>,
+    rollouts: Arc<RolloutEngine>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<JoinHandle<()>, StartError> {
+    use k3sfleet_daemon::metrics_http;
+    let listener = metrics_http::bind(config.listen).await?;
+    let address = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let path = data_dir.join("metrics-address");
+    let tmp = data_dir.join("metrics-address.tmp");
+    std::fs::write(&tmp, format!("{address}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| StartError::MetricsAddress { path, source })?;
+    tracing::info!(%address, "serving metrics");
+    let render: metrics_http::Render = Arc::new(move || {
+        let (fleet, rollouts) = (fleet.clone(), rollouts.clone());
+        Box::pin(
+            async move { crate::metrics::render(&fleet, &rollouts, crate::clock::unix_ms()).await },
+        )
+    });
+    Ok(tokio::spawn(metrics_http::serve(
+        listener,
+        render,
+        "k3sfleet-coordinator: metrics at /metrics\n",
+        stop,
+    )))
 }
 
 /// The drain engine, when the config gives Kubernetes access; rollouts and

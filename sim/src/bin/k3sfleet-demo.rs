@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, default_value = "25%")]
     max_unavailable: String,
     /// How long each node must stay healthy after its upgrade
-    #[arg(long, default_value = "2s")]
+    #[arg(long, default_value = "5s")]
     settle: String,
 }
 
@@ -56,8 +56,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         &args.max_unavailable,
         "--settle",
         &args.settle,
-        // The shop's search indexer keeps scratch data in an emptyDir.
+        // The shop's search indexer keeps scratch data in an emptyDir, and
+        // someone left a bare debug pod on worker-07: the plan names both.
         "--delete-emptydir-data",
+        "--force",
     ];
     println!("\n$ k3sfleet upgrade plan {}", options.join(" "));
     print!(
