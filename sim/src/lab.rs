@@ -350,17 +350,22 @@ fn stop_kubelet(host: &StandinHost) {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The fleet CA, the coordinator's certificate chain and an admin certificate.
-fn create_pki(dir: &Path) -> anyhow::Result<FleetCa> {
+pub(crate) fn create_pki(dir: &Path) -> anyhow::Result<FleetCa> {
+    create_pki_for(dir, "127.0.0.1")
+}
+
+/// As [`create_pki`], for a coordinator reached at `coordinator_san`.
+pub(crate) fn create_pki_for(dir: &Path, coordinator_san: &str) -> anyhow::Result<FleetCa> {
     std::fs::create_dir_all(dir)?;
     let ca = FleetCa::generate("k3sfleet lab CA")?;
     ca.save(&dir.join("ca.crt"), &dir.join("ca.key"), true)?;
     let server = ca.issue_server(&ServerCertRequest {
-        sans: vec!["127.0.0.1".into()],
+        sans: vec![coordinator_san.into()],
         validity: Duration::from_secs(24 * 3600),
     })?;
     k3sfleet_pki::write_public_file(
@@ -387,7 +392,11 @@ fn create_pki(dir: &Path) -> anyhow::Result<FleetCa> {
     Ok(ca)
 }
 
-fn start_coordinator(config: &Path, addr: SocketAddr, log: &Path) -> anyhow::Result<Process> {
+pub(crate) fn start_coordinator(
+    config: &Path,
+    addr: SocketAddr,
+    log: &Path,
+) -> anyhow::Result<Process> {
     let mut command = Command::new(binary("k3sfleet-coordinator")?);
     command.arg("run").arg("--config").arg(config);
     let mut process = Process::spawn("coordinator", command, log)?;

@@ -3,4 +3,6 @@
 //! benchmarks.
 
 pub mod lab;
+pub mod load;
+pub mod netns;
 pub mod process;

@@ -63,6 +63,15 @@ impl Process {
         })
     }
 
+    /// A process not started yet (or gone): every operation is a no-op.
+    pub fn placeholder(name: &str) -> Process {
+        Process {
+            name: name.to_string(),
+            child: None,
+            log: PathBuf::new(),
+        }
+    }
+
     /// Fails with its log if it has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(child) = self.child.as_mut()

@@ -152,6 +152,7 @@ fn load_for_run(config_path: &std::path::Path) -> anyhow::Result<CoordinatorConf
 fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     let config = load_for_run(&config_path)?;
     logging::init("k3sfleet-coordinator", "info");
+    raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let mut running = server::start(config).await?;
@@ -167,4 +168,18 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Every agent holds a socket: lift the soft open-file limit (often 1024) to
+/// the hard limit, as Go's runtime does, so a large fleet is not refused.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(err) => tracing::warn!(error = %err, soft, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot read the open-file limit"),
+    }
 }

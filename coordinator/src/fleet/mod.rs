@@ -20,7 +20,7 @@ use k3sfleet_proto::v1::{
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
-use crate::store::{Store, StoreError};
+use crate::store::{HelloLog, Store, StoreError};
 
 pub use liveness::{MISSED_REPORTS_UNREACHABLE, connectivity};
 
@@ -48,6 +48,7 @@ pub struct SessionTicket {
 
 pub struct Fleet {
     store: Store,
+    hellos: HelloLog,
     state: Mutex<State>,
     changes: watch::Sender<u64>,
     next_session: AtomicU64,
@@ -109,6 +110,7 @@ impl Fleet {
             );
         }
         Ok(Arc::new(Fleet {
+            hellos: store.hello_log(),
             store,
             state: Mutex::new(state),
             changes: watch::channel(0).0,
@@ -141,7 +143,7 @@ impl Fleet {
         cert_not_after_ms: i64,
         now_ms: i64,
     ) -> Result<SessionTicket, FleetError> {
-        self.store.record_hello(hello.clone(), now_ms).await?;
+        self.hellos.record(hello.clone(), now_ms).await?;
         let ticket = SessionTicket {
             node: hello.node_name.clone(),
             id: self.next_session.fetch_add(1, Ordering::Relaxed),

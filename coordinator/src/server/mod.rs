@@ -14,7 +14,6 @@ use k3sfleet_proto::v1::certificate_service_server::CertificateServiceServer;
 use k3sfleet_proto::v1::drain_service_server::DrainServiceServer;
 use k3sfleet_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use k3sfleet_proto::v1::rollout_service_server::RolloutServiceServer;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Status;
@@ -116,12 +115,10 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         verifier,
         certificate.clone(),
     )));
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = tls::listen(config.listen).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,

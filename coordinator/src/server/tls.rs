@@ -23,6 +23,25 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Completed handshakes waiting for the gRPC server to pick them up.
 const ACCEPT_QUEUE: usize = 1024;
 
+/// Connections the kernel queues before the accept loop takes them. Tokio's
+/// default (1024) overflows when 10,000 agents reconnect at once; dropped SYNs
+/// are retried by the client after 1 s, 3 s, 7 s..., stretching the storm.
+/// The kernel caps it at net.core.somaxconn (4096 on Debian 12).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with a backlog sized for reconnect storms.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind: a restarted coordinator rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accepts TCP connections and yields completed TLS streams.
 pub fn incoming(
     listener: TcpListener,

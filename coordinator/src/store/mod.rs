@@ -8,6 +8,7 @@
 
 pub(crate) mod access;
 mod audit;
+mod hellos;
 mod nodes;
 mod rollouts;
 
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 
 pub use access::{CertificateRecord, RevocationRecord, TokenRecord};
 pub use audit::{AuditEntry, AuditEvent};
+pub use hellos::HelloLog;
 pub use nodes::NodeRecord;
 pub use rollouts::{NodeProgress, RolloutRecord};
 
@@ -152,6 +154,10 @@ pub enum StoreError {
     },
     #[error("the database worker thread failed")]
     Worker(#[from] tokio::task::JoinError),
+    #[error("saving a batch of hellos failed")]
+    Batch(#[source] Arc<StoreError>),
+    #[error("the writer of hellos has stopped")]
+    WriterStopped,
 }
 
 /// A handle to the database; cheap to clone.

@@ -21,22 +21,12 @@ pub struct NodeRecord {
 }
 
 impl Store {
-    /// Records a hello: creates the node on first sight, else updates it.
+    /// Records one hello: creates the node on first sight, else updates it.
+    /// The coordinator saves hellos through [`super::HelloLog`], which
+    /// commits many in one transaction.
     pub async fn record_hello(&self, hello: Hello, at_ms: i64) -> Result<(), StoreError> {
-        self.call(move |conn| {
-            conn.execute(
-                "INSERT INTO nodes (name, role, first_seen_ms, last_seen_ms, last_hello, last_hello_ms)
-                 VALUES (?1, ?2, ?3, ?3, ?4, ?3)
-                 ON CONFLICT (name) DO UPDATE SET
-                    role = excluded.role,
-                    last_seen_ms = excluded.last_seen_ms,
-                    last_hello = excluded.last_hello,
-                    last_hello_ms = excluded.last_hello_ms",
-                params![hello.node_name, hello.role, at_ms, hello.encode_to_vec()],
-            )?;
-            Ok(())
-        })
-        .await
+        self.call(move |conn| save_hellos(conn, &[(hello, at_ms)]))
+            .await
     }
 
     /// Saves the latest report of several nodes in one transaction. Reports are
@@ -116,6 +106,36 @@ impl Store {
         })
         .await
     }
+}
+
+/// Saves hellos in one transaction: creates each node on first sight, else
+/// updates it.
+pub(super) fn save_hellos(
+    conn: &mut Connection,
+    hellos: &[(Hello, i64)],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO nodes (name, role, first_seen_ms, last_seen_ms, last_hello, last_hello_ms)
+             VALUES (?1, ?2, ?3, ?3, ?4, ?3)
+             ON CONFLICT (name) DO UPDATE SET
+                role = excluded.role,
+                last_seen_ms = excluded.last_seen_ms,
+                last_hello = excluded.last_hello,
+                last_hello_ms = excluded.last_hello_ms",
+        )?;
+        for (hello, at_ms) in hellos {
+            stmt.execute(params![
+                hello.node_name,
+                hello.role,
+                at_ms,
+                hello.encode_to_vec()
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 fn save_reports(
