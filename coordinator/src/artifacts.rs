@@ -32,25 +32,8 @@ pub enum ArtifactError {
     },
 }
 
-/// Whether `version` looks like a K3s release tag (v1.31.5+k3s1, v1.32.0-rc1+k3s2).
-pub fn is_release_tag(version: &str) -> bool {
-    let Some(rest) = version.strip_prefix('v') else {
-        return false;
-    };
-    let Some((semver, build)) = rest.split_once('+') else {
-        return false;
-    };
-    let (core, pre) = semver.split_once('-').unwrap_or((semver, ""));
-    let numbers: Vec<_> = core.split('.').collect();
-    numbers.len() == 3
-        && numbers
-            .iter()
-            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        && pre.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
-        && build
-            .strip_prefix("k3s")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
+/// The one rule both sides of the protocol use for a version string.
+pub use k3sfleet_proto::is_release_tag;
 
 /// Whether `name` is a K3s release asset this coordinator serves.
 pub fn is_servable_asset(name: &str) -> bool {

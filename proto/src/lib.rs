@@ -8,8 +8,10 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/k3sfleet.v1.serde.rs"));
 }
 
+mod release;
 mod version;
 
+pub use release::is_release_tag;
 pub use version::{PROTOCOL, ProtocolMismatch, negotiate};
 
 /// Encoded `FileDescriptorSet` of every k3sfleet.v1 file, for tonic-reflection.

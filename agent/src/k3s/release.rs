@@ -1,26 +1,8 @@
 //! K3s releases as published: tags, asset names per architecture, checksum
 //! files, and what `k3s --version` prints.
 
-/// Whether `version` looks like a K3s release tag (v1.31.5+k3s1,
-/// v1.32.0-rc1+k3s2). Same rule as the coordinator's artifact directory.
-pub fn is_release_tag(version: &str) -> bool {
-    let Some(rest) = version.strip_prefix('v') else {
-        return false;
-    };
-    let Some((semver, build)) = rest.split_once('+') else {
-        return false;
-    };
-    let (core, pre) = semver.split_once('-').unwrap_or((semver, ""));
-    let numbers: Vec<_> = core.split('.').collect();
-    numbers.len() == 3
-        && numbers
-            .iter()
-            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        && pre.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
-        && build
-            .strip_prefix("k3s")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
+/// The one rule both sides of the protocol use for a version string.
+pub use k3sfleet_proto::is_release_tag;
 
 /// The binary asset and checksum file of one architecture (Kubernetes
 /// spelling: amd64, arm64, arm, s390x).
