@@ -284,6 +284,17 @@ async fn a_bad_binary_pauses_the_rollout_rolls_the_node_back_and_retry_finishes_
             .all(|n| n["step"] == "pending"),
         "{status:#}"
     );
+    // `watch` on a paused rollout says why and what the operator can do, and exits 2.
+    let watched =
+        tokio::task::block_in_place(|| lab.cli().unwrap().args(["upgrade", "watch"]).output())
+            .unwrap();
+    let text = String::from_utf8_lossy(&watched.stdout);
+    assert_eq!(watched.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("Decide: k3sfleet upgrade resume | retry server-1 | skip server-1 | abort"),
+        "{text}"
+    );
+
     // Rolled back: the old binary is in place and its kubelet is back.
     let server_1 = lab.hosts.iter().find(|h| h.name == "server-1").unwrap();
     assert_eq!(server_1.installed_version().as_deref(), Some(FROM));
