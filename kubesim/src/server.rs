@@ -58,9 +58,32 @@ impl KubeSim {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        Self::serve(scenario, listener)
+    }
+
+    /// As [`KubeSim::start`], on a listener the caller made (one opened
+    /// inside a network namespace, say).
+    pub fn serve_on(
+        scenario: &Scenario,
+        listener: std::net::TcpListener,
+    ) -> Result<Running, StartError> {
         let addr = listener
             .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let bind_error = |source| StartError::Bind { addr, source };
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_error)?;
+        Self::serve(scenario, listener)
+    }
+
+    fn serve(
+        scenario: &Scenario,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Running, StartError> {
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         let cluster = build_cluster(scenario, &Now::capture());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let bookmark_interval = Duration::from_secs_f64(scenario.cluster.bookmark_interval);

@@ -16,12 +16,33 @@ use k3sfleet_kubesim::{KubeSim, Running as KubeSimRunning, Scenario};
 use k3sfleet_pki::{ClientCertRequest, FleetCa, Role, ServerCertRequest};
 use k3sfleet_standin::{Distro, HostToml, K3sBehaviour, StandinHost, k3s_binary, write_release};
 
+use crate::load::harness::start_in_netns;
+use crate::netns::{NetHost, NetLab};
 use crate::process::{Process, binary};
 
 /// The demo's cluster: 3 servers, 15 workers, a small shop with PDBs.
 pub const DEMO_SCENARIO: &str = include_str!("../../kubesim/scenarios/demo.toml");
 /// A small cluster for tests: 3 servers, 4 workers.
 pub const SMALL_SCENARIO: &str = include_str!("../scenarios/small.toml");
+
+/// Where the lab's processes live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Network {
+    /// Everything on this machine's loopback.
+    #[default]
+    Loopback,
+    /// The simulated cluster, the coordinator and every node in a network
+    /// namespace of its own with its own address (needs root, see
+    /// [`crate::netns`]), so that a host can really drop off the network.
+    Namespaces,
+}
+
+/// Addresses on the namespaces' private network (10.77.0.x).
+const COORDINATOR_OCTET: u8 = 1;
+const CLUSTER_OCTET: u8 = 2;
+const FIRST_NODE_OCTET: u8 = 10;
+const COORDINATOR_PORT: u16 = 7443;
+const KUBE_API_PORT: u16 = 6443;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -38,6 +59,7 @@ pub struct LabSpec {
     pub coordinator_extra: String,
     /// Size of each stand-in K3s binary, so downloads take some time.
     pub binary_size: usize,
+    pub network: Network,
 }
 
 impl LabSpec {
@@ -50,6 +72,7 @@ impl LabSpec {
             report_interval: "1s".into(),
             coordinator_extra: String::new(),
             binary_size: 2 * 1024 * 1024,
+            network: Network::Loopback,
         })
     }
 
@@ -70,13 +93,15 @@ pub struct LabHost {
     pub host: StandinHost,
     pub config: PathBuf,
     pub agent: Process,
+    /// Its network namespace, in a [`Network::Namespaces`] lab.
+    pub netns: Option<NetHost>,
 }
 
 impl LabHost {
     /// Starts its agent again (after a stop or a kill).
     pub fn restart_agent(&mut self) -> anyhow::Result<()> {
         self.agent.kill();
-        let mut command = Command::new(binary("k3sfleet-agent")?);
+        let mut command = command_in(self.netns.as_ref(), binary("k3sfleet-agent")?);
         command.arg("run").arg("--config").arg(&self.config);
         self.agent = Process::spawn(&format!("agent {}", self.name), command, &self.agent.log)?;
         Ok(())
@@ -103,6 +128,9 @@ pub struct Lab {
     pub hosts: Vec<LabHost>,
     pub artifacts: PathBuf,
     pki: PathBuf,
+    coordinator_netns: Option<NetHost>,
+    /// Last, so every process is gone before the namespaces are removed.
+    net: Option<NetLab>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -118,15 +146,35 @@ impl Lab {
     pub async fn start(dir: &Path, spec: LabSpec) -> anyhow::Result<Lab> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = std::fs::canonicalize(dir)?;
-        let pki = dir.join("pki");
-        let ca = create_pki(&pki)?;
+        let mut net = match spec.network {
+            Network::Loopback => None,
+            Network::Namespaces => Some(NetLab::create()?),
+        };
+        let mut add_host = |name: &str, octet: u8| -> anyhow::Result<Option<NetHost>> {
+            net.as_mut()
+                .map(|net| net.add_host(name, octet))
+                .transpose()
+        };
+        let coordinator_netns = add_host("coordinator", COORDINATOR_OCTET)?;
+        let cluster_netns = add_host("cluster", CLUSTER_OCTET)?;
+        let mut node_netns = Vec::new();
+        for (index, node) in spec.scenario.nodes.iter().enumerate() {
+            let octet = u8::try_from(usize::from(FIRST_NODE_OCTET) + index)
+                .ok()
+                .filter(|octet| *octet < 255)
+                .context("too many nodes for one lab network")?;
+            node_netns.push(add_host(&node.name, octet)?);
+        }
 
         let mut scenario = spec.scenario.clone();
         for node in &mut scenario.nodes {
             node.kubelet = KubeletMode::External;
             node.kubelet_version = Some(spec.from_version.clone());
         }
-        let kubesim = KubeSim::start(&scenario, "127.0.0.1:0").await?;
+        let kubesim = match &cluster_netns {
+            Some(cluster) => KubeSim::serve_on(&scenario, cluster.listen(KUBE_API_PORT)?)?,
+            None => KubeSim::start(&scenario, "127.0.0.1:0").await?,
+        };
         let kubeconfig = dir.join("kubeconfig");
         kubesim.write_kubeconfig(&kubeconfig)?;
 
@@ -144,7 +192,12 @@ impl Lab {
             )?;
         }
 
-        let coordinator_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let coordinator_addr = match &coordinator_netns {
+            Some(host) => SocketAddr::new(host.address.into(), COORDINATOR_PORT),
+            None => format!("127.0.0.1:{}", free_port()?).parse()?,
+        };
+        let pki = dir.join("pki");
+        let ca = create_pki_for(&pki, &coordinator_addr.ip().to_string())?;
         let coordinator_config = dir.join("coordinator.toml");
         std::fs::write(
             &coordinator_config,
@@ -160,14 +213,15 @@ impl Lab {
                 kubeconfig = kubeconfig.display(),
             ),
         )?;
-        let coordinator = start_coordinator(
+        let coordinator = launch_coordinator(
             &coordinator_config,
             coordinator_addr,
             &dir.join("coordinator.log"),
+            coordinator_netns.as_ref(),
         )?;
 
         let mut hosts = Vec::new();
-        for node in &scenario.nodes {
+        for (node, netns) in scenario.nodes.iter().zip(node_netns) {
             let server = matches!(node.role, NodeKind::Server);
             hosts.push(create_host(
                 &dir,
@@ -177,6 +231,7 @@ impl Lab {
                 server,
                 &kubesim.url(),
                 coordinator_addr,
+                netns,
             )?);
         }
         let mut lab = Lab {
@@ -190,14 +245,16 @@ impl Lab {
             hosts,
             artifacts,
             pki,
+            coordinator_netns,
+            net,
         };
         lab.wait_for_agents(Duration::from_secs(90))?;
         Ok(lab)
     }
 
-    /// The `k3sfleet` CLI as this lab's admin.
+    /// The `k3sfleet` CLI as this lab's admin (on the coordinator's host).
     pub fn cli(&self) -> anyhow::Result<Command> {
-        let mut command = Command::new(binary("k3sfleet")?);
+        let mut command = command_in(self.coordinator_netns.as_ref(), binary("k3sfleet")?);
         command
             .env("HOME", &self.dir)
             .env("K3SFLEET_COORDINATOR", self.coordinator_addr.to_string())
@@ -277,12 +334,29 @@ impl Lab {
     /// kill -9 the coordinator and start it again on the same data.
     pub fn crash_coordinator(&mut self) -> anyhow::Result<()> {
         self.coordinator.kill();
-        self.coordinator = start_coordinator(
+        self.coordinator = launch_coordinator(
             &self.coordinator_config,
             self.coordinator_addr,
             &self.coordinator.log,
+            self.coordinator_netns.as_ref(),
         )?;
         Ok(())
+    }
+
+    /// Pulls `host`'s network cable ("coordinator", "cluster" or a node).
+    pub fn cut(&self, host: &str) -> anyhow::Result<()> {
+        self.network()?.cut(host)
+    }
+
+    /// Plugs `host`'s cable back in.
+    pub fn heal(&self, host: &str) -> anyhow::Result<()> {
+        self.network()?.heal(host)
+    }
+
+    fn network(&self) -> anyhow::Result<&NetLab> {
+        self.net
+            .as_ref()
+            .context("this lab runs on loopback: build it with Network::Namespaces")
     }
 
     /// One scrape of the coordinator's `/metrics`.
@@ -290,7 +364,14 @@ impl Lab {
         let address_file = self.dir.join("coordinator-data").join("metrics-address");
         let address = std::fs::read_to_string(&address_file)
             .with_context(|| format!("reading {}", address_file.display()))?;
-        let mut stream = TcpStream::connect(address.trim())?;
+        let address: SocketAddr = address
+            .trim()
+            .parse()
+            .with_context(|| format!("{} holds no address", address_file.display()))?;
+        let mut stream = match &self.coordinator_netns {
+            Some(host) => host.connect(address)?,
+            None => TcpStream::connect(address)?,
+        };
         write!(
             stream,
             "GET /metrics HTTP/1.1\r\nHost: coordinator\r\nConnection: close\r\n\r\n"
@@ -354,12 +435,8 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The fleet CA, the coordinator's certificate chain and an admin certificate.
-pub(crate) fn create_pki(dir: &Path) -> anyhow::Result<FleetCa> {
-    create_pki_for(dir, "127.0.0.1")
-}
-
-/// As [`create_pki`], for a coordinator reached at `coordinator_san`.
+/// The fleet CA, the coordinator's certificate chain (for a coordinator
+/// reached at `coordinator_san`) and an admin certificate.
 pub(crate) fn create_pki_for(dir: &Path, coordinator_san: &str) -> anyhow::Result<FleetCa> {
     std::fs::create_dir_all(dir)?;
     let ca = FleetCa::generate("k3sfleet lab CA")?;
@@ -392,6 +469,26 @@ pub(crate) fn create_pki_for(dir: &Path, coordinator_san: &str) -> anyhow::Resul
     Ok(ca)
 }
 
+/// `program` run in `netns`, or here when `None`.
+fn command_in(netns: Option<&NetHost>, program: PathBuf) -> Command {
+    match netns {
+        Some(host) => host.command(program),
+        None => Command::new(program),
+    }
+}
+
+fn launch_coordinator(
+    config: &Path,
+    addr: SocketAddr,
+    log: &Path,
+    netns: Option<&NetHost>,
+) -> anyhow::Result<Process> {
+    match netns {
+        Some(host) => start_in_netns(host, config, addr, log),
+        None => start_coordinator(config, addr, log),
+    }
+}
+
 pub(crate) fn start_coordinator(
     config: &Path,
     addr: SocketAddr,
@@ -412,7 +509,8 @@ pub(crate) fn start_coordinator(
 }
 
 /// A stand-in host with K3s `from_version` running (its kubelet reporting to
-/// `api`), and its agent started.
+/// `api`), and its agent started; both inside `netns` if given.
+#[allow(clippy::too_many_arguments)]
 fn create_host(
     dir: &Path,
     ca: &FleetCa,
@@ -421,6 +519,7 @@ fn create_host(
     server: bool,
     api: &str,
     coordinator: SocketAddr,
+    netns: Option<NetHost>,
 ) -> anyhow::Result<LabHost> {
     let home = dir.join("hosts").join(name);
     let root = home.join("root");
@@ -461,7 +560,7 @@ fn create_host(
             binary("k3sfleet-standin-kubelet")?.display()
         ),
     )?;
-    let started = Command::new(host.tool("systemctl"))
+    let started = command_in(netns.as_ref(), host.tool("systemctl"))
         .args(["start", unit])
         .output()?;
     if !started.status.success() {
@@ -500,7 +599,7 @@ fn create_host(
             host = host_toml.render(&host),
         ),
     )?;
-    let mut command = Command::new(binary("k3sfleet-agent")?);
+    let mut command = command_in(netns.as_ref(), binary("k3sfleet-agent")?);
     command.arg("run").arg("--config").arg(&config);
     let agent = Process::spawn(&format!("agent {name}"), command, &home.join("agent.log"))?;
     Ok(LabHost {
@@ -509,5 +608,6 @@ fn create_host(
         host,
         config,
         agent,
+        netns,
     })
 }

@@ -7,11 +7,15 @@
 //! address so healing is plugging the cable back in. Needs root (CI runs as
 //! root); [`NetLab::create`] says why when it cannot.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use nix::sched::CloneFlags;
+
+use crate::process::Process;
 
 /// The private network inside a lab; nothing outside the namespaces sees it.
 const SUBNET: [u8; 3] = [10, 77, 0];
@@ -145,6 +149,62 @@ impl NetHost {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.netns]).arg(program);
         command
+    }
+
+    /// Runs `work` on a thread that has entered this host's namespace.
+    /// Network namespaces are per thread, and a socket stays in the
+    /// namespace it was created in whichever thread uses it later: this is
+    /// how the test process itself serves or connects inside a host.
+    pub fn inside<R: Send>(&self, work: impl FnOnce() -> R + Send) -> anyhow::Result<R> {
+        let path = format!("/run/netns/{}", self.netns);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let namespace =
+                        std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                    nix::sched::setns(&namespace, CloneFlags::CLONE_NEWNET)
+                        .with_context(|| format!("entering {path}"))?;
+                    Ok(work())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// A listener on this host's address, created inside its namespace.
+    pub fn listen(&self, port: u16) -> anyhow::Result<TcpListener> {
+        let addr = SocketAddr::new(self.address.into(), port);
+        self.inside(|| TcpListener::bind(addr))?
+            .with_context(|| format!("listening on {addr} in {}", self.netns))
+    }
+
+    /// A connection from inside this host's namespace.
+    pub fn connect(&self, addr: SocketAddr) -> anyhow::Result<TcpStream> {
+        self.inside(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))?
+            .with_context(|| format!("connecting to {addr} from {}", self.netns))
+    }
+
+    /// Waits until something answers on `addr` from inside this host,
+    /// failing early if `process` (the one meant to listen) exits.
+    pub fn wait_listening(
+        &self,
+        addr: SocketAddr,
+        process: &mut Process,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.connect(addr).is_err() {
+            process.check_running()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not listen on {addr} in {} within {timeout:?}",
+                    process.name,
+                    self.netns
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 }
 

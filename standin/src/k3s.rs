@@ -14,6 +14,9 @@ pub enum K3sBehaviour {
     FailsToStart,
     /// Never finishes starting (the restart job hangs).
     HangsOnStart,
+    /// Starts, taking this many seconds (a real K3s takes a while to
+    /// report ready): a window to interrupt an install in.
+    SlowToStart(u32),
     /// Starts, but `--version` claims this other version.
     ClaimsVersion(String),
 }
@@ -28,11 +31,12 @@ pub enum K3sBehaviour {
 /// bytes (and checksums).
 pub fn k3s_binary(version: &str, behaviour: K3sBehaviour, size: usize) -> Vec<u8> {
     let start = match &behaviour {
-        K3sBehaviour::Healthy | K3sBehaviour::ClaimsVersion(_) => "exit 0",
+        K3sBehaviour::Healthy | K3sBehaviour::ClaimsVersion(_) => "exit 0".to_string(),
         K3sBehaviour::FailsToStart => {
-            "echo 'level=fatal msg=\"stand-in: failing on purpose\"' >&2; exit 1"
+            "echo 'level=fatal msg=\"stand-in: failing on purpose\"' >&2; exit 1".to_string()
         }
-        K3sBehaviour::HangsOnStart => "exec sleep 3600",
+        K3sBehaviour::HangsOnStart => "exec sleep 3600".to_string(),
+        K3sBehaviour::SlowToStart(seconds) => format!("sleep {seconds}; exit 0"),
     };
     let claimed = match &behaviour {
         K3sBehaviour::ClaimsVersion(other) => other.as_str(),
@@ -42,11 +46,13 @@ pub fn k3s_binary(version: &str, behaviour: K3sBehaviour, size: usize) -> Vec<u8
     // running stand-in kubelet with one of this version; a failing binary
     // leaves none, so the node stops heartbeating, as a crashed K3s would.
     let kubelet = match &behaviour {
-        K3sBehaviour::Healthy | K3sBehaviour::ClaimsVersion(_) => format!(
-            r#"setsid "$KUBELET" --api "$API" --node "$NODE" --version {claimed} $KUBELET_ARGS \
+        K3sBehaviour::Healthy | K3sBehaviour::ClaimsVersion(_) | K3sBehaviour::SlowToStart(_) => {
+            format!(
+                r#"setsid "$KUBELET" --api "$API" --node "$NODE" --version {claimed} $KUBELET_ARGS \
                 >> "$S/kubelet.log" 2>&1 < /dev/null &
             echo $! > "$S/kubelet.pid""#
-        ),
+            )
+        }
         K3sBehaviour::FailsToStart | K3sBehaviour::HangsOnStart => ":".to_string(),
     };
     let mut script = format!(

@@ -16,6 +16,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// A kubelet gives up on a request after a while and tries again, so a
+/// network cut delays its heartbeats instead of hanging them.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What this kubelet is.
 #[derive(Debug, Clone)]
 pub struct KubeletSpec {
@@ -43,6 +47,8 @@ pub enum KubeletError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    #[error("{method} {url}: no answer within {REQUEST_TIMEOUT:?}")]
+    Timeout { method: Method, url: String },
     #[error("{method} {url} answered {status}: {body}")]
     Status {
         method: Method,
@@ -72,22 +78,31 @@ pub async fn run(spec: KubeletSpec) -> Result<(), KubeletError> {
     let registration =
         k3sfleet_kubesim::kubelet::registration(&spec.node, spec.server, &spec.version);
     let url = format!("{}/api/v1/nodes", spec.api);
-    // 409 AlreadyExists: the node is registered; carry on as a kubelet does.
-    send(
-        &client,
-        Method::POST,
-        &url,
-        "application/json",
-        &registration,
-        &[StatusCode::CONFLICT],
-    )
-    .await?;
+    // Registration is retried until it goes through, as a kubelet does;
+    // 409 AlreadyExists means the node is registered.
+    loop {
+        if host_gone(&spec) {
+            return Ok(());
+        }
+        match send(
+            &client,
+            Method::POST,
+            &url,
+            "application/json",
+            &registration,
+            &[StatusCode::CONFLICT],
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(err) => eprintln!("stand-in kubelet {}: registering: {err}", spec.node),
+        }
+        tokio::time::sleep(spec.heartbeat).await;
+    }
     tokio::time::sleep(spec.ready_after).await;
     let status_url = format!("{}/api/v1/nodes/{}/status", spec.api, spec.node);
     loop {
-        if let Some(root) = &spec.host_root
-            && !root.join(".standin/kubelet.env").exists()
-        {
+        if host_gone(&spec) {
             return Ok(());
         }
         let now = k3sfleet_kubesim::time::Now::capture();
@@ -109,7 +124,34 @@ pub async fn run(spec: KubeletSpec) -> Result<(), KubeletError> {
     }
 }
 
+fn host_gone(spec: &KubeletSpec) -> bool {
+    spec.host_root
+        .as_ref()
+        .is_some_and(|root| !root.join(".standin/kubelet.env").exists())
+}
+
 async fn send(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    content_type: &str,
+    body: &serde_json::Value,
+    also_fine: &[StatusCode],
+) -> Result<(), KubeletError> {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        send_once(client, method.clone(), url, content_type, body, also_fine),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(KubeletError::Timeout {
+            method,
+            url: url.to_string(),
+        })
+    })
+}
+
+async fn send_once(
     client: &HttpClient,
     method: Method,
     url: &str,

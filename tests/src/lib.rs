@@ -1,11 +1,14 @@
-//! The harness end-to-end tests share: a throw-away fleet PKI, and real
-//! coordinator, agent and CLI processes run from the workspace's build.
+//! The harness end-to-end tests share: a throw-away fleet PKI, real
+//! coordinator, agent and CLI processes run from the workspace's build, and
+//! the rolling-upgrade checks.
 //!
 //! Binaries are taken from the cargo target directory this test binary lives
 //! in; `scripts/test.sh` builds them before running the tests.
 
 pub mod pki;
 pub mod process;
+pub mod rollout;
+pub mod small_disk;
 pub mod wait;
 
 pub use pki::TestPki;

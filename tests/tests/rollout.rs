@@ -9,147 +9,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use k3sfleet_sim::lab::{Lab, LabSpec};
 use k3sfleet_standin::{K3sBehaviour, k3s_binary, write_release};
+use k3sfleet_tests::rollout::{
+    assert_all_at, assert_cluster_safe, cli, kubelet_versions, lab_dir, nodes, phase, small_lab,
+    start, step_of, wait_for_rollout,
+};
 use serde_json::Value;
 
 const FROM: &str = "v1.31.4+k3s1";
 const TO: &str = "v1.31.5+k3s1";
 /// A release whose binary exits at once: K3s never comes up.
 const BROKEN: &str = "v1.31.6+k3s1";
-
-/// Where a test's lab lives; kept afterwards when K3SFLEET_KEEP_LABS is set.
-fn lab_dir() -> tempfile::TempDir {
-    let mut dir = tempfile::Builder::new()
-        .prefix("k3sfleet-lab-")
-        .tempdir()
-        .unwrap();
-    if std::env::var_os("K3SFLEET_KEEP_LABS").is_some() {
-        dir.disable_cleanup(true);
-        eprintln!("lab kept in {}", dir.path().display());
-    }
-    dir
-}
-
-async fn small_lab(dir: &tempfile::TempDir, spec: LabSpec) -> Lab {
-    Lab::start(dir.path(), spec).await.expect("the lab starts")
-}
-
-/// `k3sfleet upgrade status -o json`, polled until `done` holds. The CLI
-/// blocks, and the simulated cluster runs on this test's runtime: keep the
-/// runtime's other worker free for it.
-fn wait_for_rollout(
-    lab: &Lab,
-    what: &str,
-    timeout: Duration,
-    mut done: impl FnMut(&Value) -> bool,
-) -> Value {
-    tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(status) = lab.rollout()
-                && done(&status)
-            {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; last status: {:#}\nlogs in {}",
-                    lab.rollout().unwrap_or_default(),
-                    lab.dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
-}
-
-fn phase(status: &Value) -> &str {
-    status["phase"].as_str().unwrap_or_default()
-}
-
-fn nodes(status: &Value) -> &[Value] {
-    status["nodes"].as_array().map_or(&[], Vec::as_slice)
-}
-
-fn step_of<'a>(status: &'a Value, node: &str) -> &'a str {
-    nodes(status)
-        .iter()
-        .find(|n| n["name"] == node)
-        .and_then(|n| n["step"].as_str())
-        .unwrap_or_default()
-}
-
-fn cli(lab: &Lab, args: &[&str]) -> String {
-    tokio::task::block_in_place(|| lab.cli_ok(args)).expect("the CLI succeeds")
-}
-
-/// Starts a rollout to `to` (a 1 s settle unless `extra` sets one).
-fn start(lab: &Lab, to: &str, extra: &[&str]) {
-    let mut args = vec!["upgrade", "start", "--to", to];
-    if !extra.contains(&"--settle") {
-        args.extend(["--settle", "1s"]);
-    }
-    args.extend_from_slice(extra);
-    cli(lab, &args);
-}
-
-/// The kubelet version each node reports to the simulated API server.
-fn kubelet_versions(lab: &Lab) -> Vec<(String, String)> {
-    lab.kubesim.inspect(|cluster| {
-        cluster
-            .nodes
-            .iter()
-            .map(|node| {
-                let version = node
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.node_info.as_ref())
-                    .map(|info| info.kubelet_version.clone())
-                    .unwrap_or_default();
-                (node.metadata.name.clone().unwrap_or_default(), version)
-            })
-            .collect()
-    })
-}
-
-/// What every test must see at the end, whatever happened on the way.
-fn assert_cluster_safe(lab: &Lab) {
-    let stats = lab.kubesim.stats();
-    assert_eq!(
-        stats.pdb_violations,
-        0,
-        "PDB violations; logs in {}",
-        lab.dir.display()
-    );
-    assert_eq!(
-        lab.cordoned_nodes(),
-        Vec::<String>::new(),
-        "nodes left cordoned; logs in {}",
-        lab.dir.display()
-    );
-}
-
-/// Every node runs `version`: on disk, in its kubelet, and in the agent's report.
-fn assert_all_at(lab: &Lab, version: &str) {
-    for host in &lab.hosts {
-        assert_eq!(
-            host.installed_version().as_deref(),
-            Some(version),
-            "{}'s binary",
-            host.name
-        );
-    }
-    for (node, kubelet) in kubelet_versions(lab) {
-        assert_eq!(kubelet, version, "{node}'s kubelet");
-    }
-    let fleet: Value = serde_json::from_str(&cli(lab, &["nodes", "-o", "json"])).unwrap();
-    for node in fleet["nodes"].as_array().unwrap() {
-        assert_eq!(
-            node["k3sVersion"], version,
-            "{} as its agent reports",
-            node["name"]
-        );
-    }
-}
 
 fn millis(node: &Value, field: &str) -> i64 {
     node[field]

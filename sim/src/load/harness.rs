@@ -175,9 +175,8 @@ pub fn connected_nodes(nodes: &[serde_json::Value]) -> usize {
         .count()
 }
 
-/// Starts the coordinator inside `host`'s namespace; returns once it listens
-/// (checked from inside, with bash's /dev/tcp).
-fn start_in_netns(
+/// Starts the coordinator inside `host`'s namespace; returns once it listens.
+pub(crate) fn start_in_netns(
     host: &NetHost,
     config: &Path,
     addr: SocketAddr,
@@ -186,24 +185,6 @@ fn start_in_netns(
     let mut command = host.command(binary("k3sfleet-coordinator")?);
     command.arg("run").arg("--config").arg(config);
     let mut process = Process::spawn("coordinator", command, log)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listening = host
-            .command("bash")
-            .arg("-c")
-            .arg(format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port()))
-            .stderr(std::process::Stdio::null())
-            .status()?
-            .success();
-        if listening {
-            return Ok(process);
-        }
-        process.check_running()?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the coordinator did not listen on {addr} in {} within 30s",
-            host.netns
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    host.wait_listening(addr, &mut process, Duration::from_secs(30))?;
+    Ok(process)
 }
