@@ -138,36 +138,18 @@ async fn send(
     body: &serde_json::Value,
     also_fine: &[StatusCode],
 ) -> Result<(), KubeletError> {
-    tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        send_once(client, method.clone(), url, content_type, body, also_fine),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(KubeletError::Timeout {
-            method,
-            url: url.to_string(),
-        })
-    })
-}
-
-async fn send_once(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    content_type: &str,
-    body: &serde_json::Value,
-    also_fine: &[StatusCode],
-) -> Result<(), KubeletError> {
     let request = Request::builder()
         .method(method.clone())
         .uri(url)
         .header(http::header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("a well-formed request");
-    let response = client
-        .request(request)
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, client.request(request))
         .await
+        .map_err(|_| KubeletError::Timeout {
+            method: method.clone(),
+            url: url.to_string(),
+        })?
         .map_err(|source| KubeletError::Request {
             method: method.clone(),
             url: url.to_string(),

@@ -142,3 +142,18 @@ pub fn assert_all_at(lab: &Lab, version: &str) {
         );
     }
 }
+
+/// Waits for the rollout to complete, then checks what every test must see
+/// at the end: the cluster safe and every node at `version`. Returns the
+/// final status.
+pub fn assert_completes_clean(lab: &Lab, version: &str) -> Value {
+    let status = wait_for_rollout(
+        lab,
+        &format!("the rollout to {version} to complete"),
+        Duration::from_secs(600),
+        |s| phase(s) == "completed",
+    );
+    assert_cluster_safe(lab);
+    assert_all_at(lab, version);
+    status
+}

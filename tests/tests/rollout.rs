@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use k3sfleet_sim::lab::{Lab, LabSpec};
 use k3sfleet_standin::{K3sBehaviour, k3s_binary, write_release};
 use k3sfleet_tests::rollout::{
-    assert_all_at, assert_cluster_safe, cli, kubelet_versions, lab_dir, nodes, phase, small_lab,
-    start, step_of, wait_for_rollout,
+    assert_cluster_safe, assert_completes_clean, cli, kubelet_versions, lab_dir, nodes, phase,
+    small_lab, start, step_of, wait_for_rollout,
 };
 use serde_json::Value;
 
@@ -42,17 +42,9 @@ async fn the_demo_fleet_upgrades_servers_first_one_at_a_time_without_breaking_a_
             "--force",
         ],
     );
-    let status = wait_for_rollout(
-        &lab,
-        "the rollout to complete",
-        Duration::from_secs(600),
-        |s| phase(s) == "completed",
-    );
-
+    let status = assert_completes_clean(&lab, TO);
     assert_eq!(nodes(&status).len(), 18);
     assert!(nodes(&status).iter().all(|n| n["step"] == "done"));
-    assert_cluster_safe(&lab);
-    assert_all_at(&lab, TO);
 
     // Servers one at a time, all before the first worker starts.
     let (servers, workers): (Vec<&Value>, Vec<&Value>) = nodes(&status)
@@ -189,14 +181,7 @@ async fn a_bad_binary_pauses_the_rollout_rolls_the_node_back_and_retry_finishes_
     )
     .unwrap();
     cli(&lab, &["upgrade", "retry", "server-1"]);
-    wait_for_rollout(
-        &lab,
-        "the rollout to complete",
-        Duration::from_secs(300),
-        |s| phase(s) == "completed",
-    );
-    assert_cluster_safe(&lab);
-    assert_all_at(&lab, BROKEN);
+    assert_completes_clean(&lab, BROKEN);
     lab.shutdown().await;
 }
 
@@ -246,18 +231,11 @@ async fn the_coordinator_killed_at_several_steps_resumes_and_finishes_cleanly() 
         "crashed only at {crashed_at:?}; the others passed too fast to catch"
     );
 
-    let status = wait_for_rollout(
-        &lab,
-        "the rollout to complete",
-        Duration::from_secs(300),
-        |s| phase(s) == "completed",
-    );
+    let status = assert_completes_clean(&lab, TO);
     assert!(
         nodes(&status).iter().all(|n| n["step"] == "done"),
         "{status:#}"
     );
-    assert_cluster_safe(&lab);
-    assert_all_at(&lab, TO);
     eprintln!("crashed the coordinator at {crashed_at:?}");
     lab.shutdown().await;
 }
@@ -292,15 +270,8 @@ async fn an_agent_killed_mid_install_comes_back_and_the_upgrade_finishes() {
     );
     host.restart_agent().unwrap();
 
-    let status = wait_for_rollout(
-        &lab,
-        "the rollout to complete",
-        Duration::from_secs(400),
-        |s| phase(s) == "completed",
-    );
+    let status = assert_completes_clean(&lab, TO);
     assert_eq!(step_of(&status, &victim), "done");
-    assert_cluster_safe(&lab);
-    assert_all_at(&lab, TO);
     lab.shutdown().await;
 }
 

@@ -13,8 +13,8 @@ use k3sfleet_sim::lab::{Lab, LabSpec, Network};
 use k3sfleet_sim::netns::unavailable_reason;
 use k3sfleet_standin::{K3sBehaviour, k3s_binary, write_release};
 use k3sfleet_tests::rollout::{
-    assert_all_at, assert_cluster_safe, cli, kubelet_versions, lab_dir, nodes, phase, small_lab,
-    start, step_of, wait_for_rollout,
+    assert_completes_clean, cli, kubelet_versions, lab_dir, nodes, phase, small_lab, start,
+    step_of, wait_for_rollout,
 };
 use k3sfleet_tests::small_disk::SmallDisk;
 use rand::rngs::StdRng;
@@ -126,15 +126,8 @@ async fn a_worker_cut_off_mid_install_is_waited_for_and_finishes_once_its_cable_
     assert_eq!(busy, [victim.as_str()], "{status:#}");
 
     lab.heal(&victim).unwrap();
-    let status = wait_for_rollout(
-        &lab,
-        "the rollout to complete",
-        Duration::from_secs(300),
-        |s| phase(s) == "completed",
-    );
+    let status = assert_completes_clean(&lab, TO);
     assert_eq!(step_of(&status, &victim), "done");
-    assert_cluster_safe(&lab);
-    assert_all_at(&lab, TO);
     lab.shutdown().await;
 }
 
@@ -181,14 +174,7 @@ async fn the_coordinator_cut_off_from_everyone_past_liveness_picks_the_rollout_u
     assert_eq!(lab.cordoned_nodes(), cordoned_before);
 
     lab.heal("coordinator").unwrap();
-    wait_for_rollout(
-        &lab,
-        "the rollout to complete",
-        Duration::from_secs(300),
-        |s| phase(s) == "completed",
-    );
-    assert_cluster_safe(&lab);
-    assert_all_at(&lab, TO);
+    assert_completes_clean(&lab, TO);
     lab.shutdown().await;
 }
 
@@ -238,14 +224,7 @@ async fn the_coordinator_killed_at_random_moments_over_several_rollouts_finishes
             kills.push(format!("{version} after {delay:?}: {}", underway.join(" ")));
             tokio::task::block_in_place(|| lab.crash_coordinator()).unwrap();
         }
-        wait_for_rollout(
-            &lab,
-            &format!("the rollout to {version} to complete"),
-            Duration::from_secs(300),
-            |s| phase(s) == "completed",
-        );
-        assert_cluster_safe(&lab);
-        assert_all_at(&lab, version);
+        assert_completes_clean(&lab, version);
     }
     eprintln!("kill -9 of the coordinator:\n  {}", kills.join("\n  "));
     // Each rollout outlasts its first kill (the servers alone take longer).
@@ -314,14 +293,7 @@ async fn a_disk_that_fills_during_the_download_pauses_with_the_reason_and_retry_
     // The operator frees space and retries the node.
     disk.resize(64 * MIB).unwrap();
     cli(&lab, &["upgrade", "retry", victim]);
-    wait_for_rollout(
-        &lab,
-        "the rollout to complete",
-        Duration::from_secs(300),
-        |s| phase(s) == "completed",
-    );
-    assert_cluster_safe(&lab);
-    assert_all_at(&lab, TO);
+    assert_completes_clean(&lab, TO);
     lab.shutdown().await;
     drop(disk);
 }
@@ -354,15 +326,8 @@ async fn a_cluster_answering_slowly_and_with_500s_for_a_while_delays_the_rollout
         latency_ms: 300,
         errors_for_seconds: 0.0,
     });
-    wait_for_rollout(
-        &lab,
-        "the rollout to complete",
-        Duration::from_secs(300),
-        |s| phase(s) == "completed",
-    );
+    assert_completes_clean(&lab, TO);
     lab.kubesim.clear_faults();
-    assert_cluster_safe(&lab);
-    assert_all_at(&lab, TO);
     lab.shutdown().await;
 }
 
@@ -401,17 +366,10 @@ async fn an_agent_killed_during_the_binary_swap_finds_its_binary_intact_and_fini
     );
     tokio::task::block_in_place(|| host.restart_agent()).unwrap();
 
-    let status = wait_for_rollout(
-        &lab,
-        "the rollout to complete",
-        Duration::from_secs(300),
-        |s| phase(s) == "completed",
-    );
+    let status = assert_completes_clean(&lab, TO);
     assert_eq!(step_of(&status, &victim), "done");
     // The restarted agent knew the install had been cut short.
     let log = lab.host(&victim).agent.log_text();
     assert!(log.contains("was interrupted"), "{log}");
-    assert_cluster_safe(&lab);
-    assert_all_at(&lab, TO);
     lab.shutdown().await;
 }
