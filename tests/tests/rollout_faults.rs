@@ -40,24 +40,25 @@ async fn netns_lab(dir: &tempfile::TempDir, tune: impl FnOnce(&mut LabSpec)) -> 
     Some(small_lab(dir, spec).await)
 }
 
-/// The first worker seen at `step`.
-fn worker_at(lab: &Lab, step: &str) -> String {
-    let status = wait_for_rollout(
-        lab,
-        &format!("a worker at {step}"),
-        Duration::from_secs(300),
-        |s| {
-            nodes(s)
+/// The first worker whose agent has begun installing, from the agents' logs:
+/// read every 10 ms, so the fault lands while the install runs (it can be
+/// over within the time one `upgrade status` takes).
+fn worker_installing(lab: &Lab) -> String {
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some(host) = lab
+                .hosts
                 .iter()
-                .any(|n| n["step"] == step && n["role"] != "NODE_ROLE_SERVER")
-        },
-    );
-    nodes(&status)
-        .iter()
-        .find(|n| n["step"] == step && n["role"] != "NODE_ROLE_SERVER")
-        .and_then(|n| n["name"].as_str())
-        .unwrap()
-        .to_string()
+                .filter(|h| !h.server)
+                .find(|h| h.agent.log_text().contains(r#"step="checksums""#))
+            {
+                return host.name.clone();
+            }
+            assert!(Instant::now() < deadline, "no worker began installing");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
 }
 
 /// The coordinator's view of one node's connection.
@@ -97,7 +98,7 @@ async fn a_worker_cut_off_mid_install_is_waited_for_and_finishes_once_its_cable_
         return;
     };
     start(&lab, TO, &["--max-unavailable", "1"]);
-    let victim = worker_at(&lab, "install");
+    let victim = worker_installing(&lab);
     lab.cut(&victim).unwrap();
     let cut_at = Instant::now();
 
@@ -148,7 +149,7 @@ async fn the_coordinator_cut_off_from_everyone_past_liveness_picks_the_rollout_u
         return;
     };
     start(&lab, TO, &["--max-unavailable", "1"]);
-    worker_at(&lab, "install");
+    worker_installing(&lab);
     lab.cut("coordinator").unwrap();
     let cut_at = Instant::now();
 
@@ -313,7 +314,19 @@ async fn a_cluster_answering_slowly_and_with_500s_for_a_while_delays_the_rollout
         return;
     };
     start(&lab, TO, &["--max-unavailable", "1"]);
-    worker_at(&lab, "drain");
+    // Once the servers are done (a state a poll cannot miss), the workers'
+    // cordons and drains run into the outage.
+    wait_for_rollout(
+        &lab,
+        "the servers upgraded",
+        Duration::from_secs(300),
+        |s| {
+            nodes(s)
+                .iter()
+                .filter(|n| n["role"] == "NODE_ROLE_SERVER")
+                .all(|n| n["step"] == "done")
+        },
+    );
     lab.kubesim.inject_faults(&Faults {
         latency_ms: 300,
         errors_for_seconds: 15.0,
