@@ -1,6 +1,8 @@
 //! A whole fleet on one machine: the simulated Kubernetes cluster, a
 //! coordinator, and one real agent per node on its own stand-in host whose
-//! K3s runs a stand-in kubelet that reports to the simulated cluster.
+//! K3s runs a stand-in kubelet that reports to the simulated cluster. On
+//! loopback by default; with [`Network::Namespaces`] every one of them gets a
+//! network namespace and an address of its own, so hosts can be cut off.
 //!
 //! Used by the demo, by the rollout tests and by benchmarks.
 
