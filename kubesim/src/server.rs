@@ -55,14 +55,18 @@ impl KubeSim {
             addr: listen.to_owned(),
             source,
         })?;
+        // Tokio's bind, for its deeper accept backlog than std's.
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        Self::serve(scenario, listener)
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self::serve(scenario, listener, addr))
     }
 
     /// As [`KubeSim::start`], on a listener the caller made (one opened
-    /// inside a network namespace, say).
+    /// inside a network namespace, say). Needs a Tokio runtime.
     pub fn serve_on(
         scenario: &Scenario,
         listener: std::net::TcpListener,
@@ -73,17 +77,10 @@ impl KubeSim {
         let bind_error = |source| StartError::Bind { addr, source };
         listener.set_nonblocking(true).map_err(bind_error)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_error)?;
-        Self::serve(scenario, listener)
+        Ok(Self::serve(scenario, listener, addr))
     }
 
-    fn serve(
-        scenario: &Scenario,
-        listener: tokio::net::TcpListener,
-    ) -> Result<Running, StartError> {
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
+    fn serve(scenario: &Scenario, listener: tokio::net::TcpListener, addr: SocketAddr) -> Running {
         let cluster = build_cluster(scenario, &Now::capture());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let bookmark_interval = Duration::from_secs_f64(scenario.cluster.bookmark_interval);
@@ -106,13 +103,13 @@ impl KubeSim {
             }
         });
         tracing::info!(%addr, "simulated Kubernetes API server listening");
-        Ok(Running {
+        Running {
             addr,
             shared,
             shutdown_tx,
             server,
             controllers,
-        })
+        }
     }
 }
 

@@ -18,7 +18,6 @@ use k3sfleet_kubesim::{KubeSim, Running as KubeSimRunning, Scenario};
 use k3sfleet_pki::{ClientCertRequest, FleetCa, Role, ServerCertRequest};
 use k3sfleet_standin::{Distro, HostToml, K3sBehaviour, StandinHost, k3s_binary, write_release};
 
-use crate::load::harness::start_in_netns;
 use crate::netns::{NetHost, NetLab};
 use crate::process::{Process, binary};
 
@@ -130,7 +129,6 @@ pub struct Lab {
     pub hosts: Vec<LabHost>,
     pub artifacts: PathBuf,
     pki: PathBuf,
-    coordinator_netns: Option<NetHost>,
     /// Last, so every process is gone before the namespaces are removed.
     net: Option<NetLab>,
 }
@@ -215,7 +213,7 @@ impl Lab {
                 kubeconfig = kubeconfig.display(),
             ),
         )?;
-        let coordinator = launch_coordinator(
+        let coordinator = start_coordinator(
             &coordinator_config,
             coordinator_addr,
             &dir.join("coordinator.log"),
@@ -247,7 +245,6 @@ impl Lab {
             hosts,
             artifacts,
             pki,
-            coordinator_netns,
             net,
         };
         lab.wait_for_agents(Duration::from_secs(90))?;
@@ -256,14 +253,17 @@ impl Lab {
 
     /// The `k3sfleet` CLI as this lab's admin (on the coordinator's host).
     pub fn cli(&self) -> anyhow::Result<Command> {
-        let mut command = command_in(self.coordinator_netns.as_ref(), binary("k3sfleet")?);
-        command
-            .env("HOME", &self.dir)
-            .env("K3SFLEET_COORDINATOR", self.coordinator_addr.to_string())
-            .env("K3SFLEET_CA", self.pki.join("ca.crt"))
-            .env("K3SFLEET_CERT", self.pki.join("admin.crt"))
-            .env("K3SFLEET_KEY", self.pki.join("admin.key"));
-        Ok(command)
+        admin_cli(
+            self.coordinator_netns(),
+            &self.dir,
+            self.coordinator_addr,
+            &self.pki,
+        )
+    }
+
+    /// The coordinator's host, in a [`Network::Namespaces`] lab.
+    fn coordinator_netns(&self) -> Option<&NetHost> {
+        self.net.as_ref().map(|net| net.host("coordinator"))
     }
 
     /// Runs the CLI; returns (success, stdout, stderr).
@@ -336,11 +336,11 @@ impl Lab {
     /// kill -9 the coordinator and start it again on the same data.
     pub fn crash_coordinator(&mut self) -> anyhow::Result<()> {
         self.coordinator.kill();
-        self.coordinator = launch_coordinator(
+        self.coordinator = start_coordinator(
             &self.coordinator_config,
             self.coordinator_addr,
             &self.coordinator.log,
-            self.coordinator_netns.as_ref(),
+            self.coordinator_netns(),
         )?;
         Ok(())
     }
@@ -370,7 +370,7 @@ impl Lab {
             .trim()
             .parse()
             .with_context(|| format!("{} holds no address", address_file.display()))?;
-        let mut stream = match &self.coordinator_netns {
+        let mut stream = match self.coordinator_netns() {
             Some(host) => host.connect(address)?,
             None => TcpStream::connect(address)?,
         };
@@ -479,28 +479,22 @@ fn command_in(netns: Option<&NetHost>, program: PathBuf) -> Command {
     }
 }
 
-fn launch_coordinator(
+/// Starts the coordinator (inside `netns` if given); returns once it listens.
+pub(crate) fn start_coordinator(
     config: &Path,
     addr: SocketAddr,
     log: &Path,
     netns: Option<&NetHost>,
 ) -> anyhow::Result<Process> {
-    match netns {
-        Some(host) => start_in_netns(host, config, addr, log),
-        None => start_coordinator(config, addr, log),
-    }
-}
-
-pub(crate) fn start_coordinator(
-    config: &Path,
-    addr: SocketAddr,
-    log: &Path,
-) -> anyhow::Result<Process> {
-    let mut command = Command::new(binary("k3sfleet-coordinator")?);
+    let mut command = command_in(netns, binary("k3sfleet-coordinator")?);
     command.arg("run").arg("--config").arg(config);
     let mut process = Process::spawn("coordinator", command, log)?;
+    let listening = || match netns {
+        Some(host) => host.connect(addr).is_ok(),
+        None => TcpStream::connect(addr).is_ok(),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
+    while !listening() {
         process.check_running()?;
         if Instant::now() >= deadline {
             bail!("the coordinator did not listen on {addr} within 30s");
@@ -508,6 +502,25 @@ pub(crate) fn start_coordinator(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(process)
+}
+
+/// The `k3sfleet` CLI as the admin whose certificate is in `pki`, talking to
+/// the coordinator at `coordinator`; run in `netns` (the coordinator's host)
+/// if given.
+pub(crate) fn admin_cli(
+    netns: Option<&NetHost>,
+    home: &Path,
+    coordinator: SocketAddr,
+    pki: &Path,
+) -> anyhow::Result<Command> {
+    let mut command = command_in(netns, binary("k3sfleet")?);
+    command
+        .env("HOME", home)
+        .env("K3SFLEET_COORDINATOR", coordinator.to_string())
+        .env("K3SFLEET_CA", pki.join("ca.crt"))
+        .env("K3SFLEET_CERT", pki.join("admin.crt"))
+        .env("K3SFLEET_KEY", pki.join("admin.key"));
+    Ok(command)
 }
 
 /// A stand-in host with K3s `from_version` running (its kubelet reporting to

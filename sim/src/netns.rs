@@ -10,12 +10,10 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use nix::sched::CloneFlags;
-
-use crate::process::Process;
 
 /// The private network inside a lab; nothing outside the namespaces sees it.
 const SUBNET: [u8; 3] = [10, 77, 0];
@@ -182,29 +180,6 @@ impl NetHost {
     pub fn connect(&self, addr: SocketAddr) -> anyhow::Result<TcpStream> {
         self.inside(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))?
             .with_context(|| format!("connecting to {addr} from {}", self.netns))
-    }
-
-    /// Waits until something answers on `addr` from inside this host,
-    /// failing early if `process` (the one meant to listen) exits.
-    pub fn wait_listening(
-        &self,
-        addr: SocketAddr,
-        process: &mut Process,
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        while self.connect(addr).is_err() {
-            process.check_running()?;
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not listen on {addr} in {} within {timeout:?}",
-                    process.name,
-                    self.netns
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
     }
 }
 

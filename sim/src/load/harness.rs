@@ -13,9 +13,9 @@ use rustls::pki_types::ServerName;
 use tonic::transport::Channel;
 
 use super::Target;
-use crate::lab::{create_pki_for, free_port, start_coordinator};
+use crate::lab::{admin_cli, create_pki_for, free_port, start_coordinator};
 use crate::netns::NetHost;
-use crate::process::{Process, binary};
+use crate::process::Process;
 
 /// The coordinator's port inside a network namespace of its own.
 const NETNS_PORT: u16 = 7443;
@@ -117,18 +117,7 @@ impl LoadCoordinator {
 
     /// The `k3sfleet` CLI as the admin (inside the coordinator's namespace).
     pub fn cli(&self) -> anyhow::Result<Command> {
-        let program = binary("k3sfleet")?;
-        let mut command = match &self.netns {
-            Some(host) => host.command(program),
-            None => Command::new(program),
-        };
-        command
-            .env("HOME", &self.dir)
-            .env("K3SFLEET_COORDINATOR", self.addr.to_string())
-            .env("K3SFLEET_CA", self.pki.join("ca.crt"))
-            .env("K3SFLEET_CERT", self.pki.join("admin.crt"))
-            .env("K3SFLEET_KEY", self.pki.join("admin.key"));
-        Ok(command)
+        admin_cli(self.netns.as_ref(), &self.dir, self.addr, &self.pki)
     }
 
     /// Runs `k3sfleet nodes -o json`; returns the nodes and how long it took.
@@ -159,10 +148,7 @@ impl LoadCoordinator {
     /// Starts it again on the same data; returns once it listens.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         let log = self.dir.join("coordinator.log");
-        self.process = match &self.netns {
-            None => start_coordinator(&self.config, self.addr, &log)?,
-            Some(host) => start_in_netns(host, &self.config, self.addr, &log)?,
-        };
+        self.process = start_coordinator(&self.config, self.addr, &log, self.netns.as_ref())?;
         Ok(())
     }
 }
@@ -173,18 +159,4 @@ pub fn connected_nodes(nodes: &[serde_json::Value]) -> usize {
         .iter()
         .filter(|n| n["connectivity"] == "CONNECTIVITY_CONNECTED")
         .count()
-}
-
-/// Starts the coordinator inside `host`'s namespace; returns once it listens.
-pub(crate) fn start_in_netns(
-    host: &NetHost,
-    config: &Path,
-    addr: SocketAddr,
-    log: &Path,
-) -> anyhow::Result<Process> {
-    let mut command = host.command(binary("k3sfleet-coordinator")?);
-    command.arg("run").arg("--config").arg(config);
-    let mut process = Process::spawn("coordinator", command, log)?;
-    host.wait_listening(addr, &mut process, Duration::from_secs(30))?;
-    Ok(process)
 }
