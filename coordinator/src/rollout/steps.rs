@@ -12,7 +12,7 @@ use k3sfleet_proto::v1::{
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::DrainRequest;
+use super::cluster::{ClusterError, DrainRequest, NodeState};
 use super::engine::RolloutEngine;
 use super::state::{Phase, Step};
 use super::worker::node_mut;
@@ -148,16 +148,19 @@ impl RolloutEngine {
                 ));
             }
         }
-        match self.cluster.as_ref().map(|c| c.node(name.to_string())) {
-            Some(lookup) => match lookup.await {
-                Ok(Some(state)) if state.ready => {}
-                Ok(Some(_)) => problems.push(format!("Kubernetes node {name} is not Ready")),
-                Ok(None) => problems.push(format!("Kubernetes has no node {name}")),
-                Err(err) => problems.push(format!("cannot read node {name}: {err}")),
-            },
+        match self.cluster_node(name).await {
+            Some(Ok(Some(state))) if state.ready => {}
+            Some(Ok(Some(_))) => problems.push(format!("Kubernetes node {name} is not Ready")),
+            Some(Ok(None)) => problems.push(format!("Kubernetes has no node {name}")),
+            Some(Err(err)) => problems.push(format!("cannot read node {name}: {err}")),
             None => problems.push("no Kubernetes access".into()),
         }
         problems
+    }
+
+    /// The node as Kubernetes has it; `None` without Kubernetes access.
+    async fn cluster_node(&self, name: &str) -> Option<Result<Option<NodeState>, ClusterError>> {
+        Some(self.cluster.as_ref()?.node(name.to_string()).await)
     }
 
     /// Servers in the fleet (every one, not only those in this rollout).
@@ -414,22 +417,20 @@ impl RolloutEngine {
     /// What still differs from "upgraded and healthy".
     async fn upgraded_problems(&self, name: &str, target: &str) -> Vec<String> {
         let mut missing = Vec::new();
-        match self.cluster.as_ref().map(|c| c.node(name.to_string())) {
-            Some(lookup) => match lookup.await {
-                Ok(Some(state)) => {
-                    if !state.ready {
-                        missing.push("the node to be Ready".to_string());
-                    }
-                    if state.kubelet_version != target {
-                        missing.push(format!(
-                            "kubelet {target} (it reports {})",
-                            state.kubelet_version
-                        ));
-                    }
+        match self.cluster_node(name).await {
+            Some(Ok(Some(state))) => {
+                if !state.ready {
+                    missing.push("the node to be Ready".to_string());
                 }
-                Ok(None) => missing.push(format!("Kubernetes node {name} to exist")),
-                Err(err) => missing.push(format!("the Kubernetes API ({err})")),
-            },
+                if state.kubelet_version != target {
+                    missing.push(format!(
+                        "kubelet {target} (it reports {})",
+                        state.kubelet_version
+                    ));
+                }
+            }
+            Some(Ok(None)) => missing.push(format!("Kubernetes node {name} to exist")),
+            Some(Err(err)) => missing.push(format!("the Kubernetes API ({err})")),
             None => missing.push("Kubernetes access".to_string()),
         }
         let now = unix_ms();
@@ -548,23 +549,21 @@ impl RolloutEngine {
                 other.map_or("not connected", connectivity_word)
             )),
         }
-        match self.cluster.as_ref().map(|c| c.node(name.to_string())) {
-            Some(lookup) => match lookup.await {
-                Ok(Some(state)) if !state.ready => health
-                    .unhealthy
-                    .push(format!("Kubernetes node {name} is not Ready")),
-                Ok(Some(state)) if state.kubelet_version != rollout.target => {
-                    health.unhealthy.push(format!(
-                        "kubelet reports {}, not {}",
-                        state.kubelet_version, rollout.target
-                    ))
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => health
-                    .unhealthy
-                    .push(format!("Kubernetes has no node {name}")),
-                Err(err) => health.unseen.push(format!("the Kubernetes API ({err})")),
-            },
+        match self.cluster_node(name).await {
+            Some(Ok(Some(state))) if !state.ready => health
+                .unhealthy
+                .push(format!("Kubernetes node {name} is not Ready")),
+            Some(Ok(Some(state))) if state.kubelet_version != rollout.target => {
+                health.unhealthy.push(format!(
+                    "kubelet reports {}, not {}",
+                    state.kubelet_version, rollout.target
+                ))
+            }
+            Some(Ok(Some(_))) => {}
+            Some(Ok(None)) => health
+                .unhealthy
+                .push(format!("Kubernetes has no node {name}")),
+            Some(Err(err)) => health.unseen.push(format!("the Kubernetes API ({err})")),
             None => health.unhealthy.push("no Kubernetes access".into()),
         }
         if !rollout.options.alerts_url.is_empty() {
