@@ -58,6 +58,20 @@ pub fn k3s_binary(version: &str, behaviour: K3sBehaviour, size: usize) -> Vec<u8
     let mut script = format!(
         r#"#!/bin/sh
 # k3s stand-in {version}
+
+# As a unit restart does, stop the old K3s before starting the new one: its
+# kubelet holds ports the new one needs. Gone or a zombie counts as stopped.
+stop_kubelet() {{
+    kill "$1" 2>/dev/null || return 0
+    i=0
+    while [ $i -lt 100 ]; do
+        state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
+        [ -z "$state" ] || [ "$state" = Z ] && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+}}
+
 case "$1" in
     --version | -v | version)
         echo "k3s version {claimed} (5a2a1f5e)"
@@ -67,7 +81,7 @@ case "$1" in
         S="$K3SFLEET_STANDIN_ROOT/.standin"
         if [ -n "$K3SFLEET_STANDIN_ROOT" ] && [ -f "$S/kubelet.env" ]; then
             . "$S/kubelet.env"
-            [ -f "$S/kubelet.pid" ] && kill "$(cat "$S/kubelet.pid")" 2>/dev/null
+            [ -f "$S/kubelet.pid" ] && stop_kubelet "$(cat "$S/kubelet.pid")"
             rm -f "$S/kubelet.pid"
             {kubelet}
         fi

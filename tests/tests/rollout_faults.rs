@@ -55,7 +55,12 @@ fn worker_installing(lab: &Lab) -> String {
             {
                 return host.name.clone();
             }
-            assert!(Instant::now() < deadline, "no worker began installing");
+            assert!(
+                Instant::now() < deadline,
+                "no worker began installing; the rollout: {:#}\nlogs in {}",
+                lab.rollout().unwrap_or_default(),
+                lab.dir.display()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     })
