@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out_dir.join("k3sfleet_descriptor.bin");
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
+        // Small starting buffers per stream (src/codec.rs).
+        .codec_path("crate::CompactCodec")
         .compile_with_config(config, PROTOS, &["."])?;
     pbjson_build::Builder::new()
         .register_descriptors(&std::fs::read(&descriptor_path)?)?

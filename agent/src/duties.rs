@@ -37,30 +37,74 @@ pub trait HostDuties: Send + Sync + 'static {
 
 /// The current session's way to the coordinator, if there is a session.
 /// Commands outlive sessions: whatever they say goes to whichever session is
-/// current, and results that find none wait in the journal.
+/// current. Progress may be dropped when no session keeps up; results never
+/// are: they wait for room on the current session, or for the next one.
 #[derive(Debug, Default)]
-pub struct Outbox(Mutex<Option<mpsc::Sender<AgentMessage>>>);
+pub struct Outbox {
+    current: Mutex<Option<mpsc::Sender<AgentMessage>>>,
+    /// Results that found no session, sent first when one attaches.
+    parked: Mutex<Vec<CommandResult>>,
+}
 
 impl Outbox {
+    fn sender(&self) -> Option<mpsc::Sender<AgentMessage>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes `sender` the current session's.
     pub fn attach(&self, sender: mpsc::Sender<AgentMessage>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+    }
+
+    /// Sends the current session the results that waited for one.
+    pub async fn send_parked(&self) {
+        let parked = std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
+        for result in parked {
+            self.send_result(result).await;
+        }
     }
 
     pub fn detach(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Queues a message for the current session; false if there is none or
-    /// it is not keeping up.
+    fn park(&self, result: CommandResult) {
+        self.parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(result);
+    }
+
+    /// Queues a message for the current session if it has room; false if
+    /// there is no session or it is not keeping up (for what may be lost).
     pub fn send(&self, message: AgentMessage) -> bool {
-        let sender = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        sender.is_some_and(|sender| sender.try_send(message).is_ok())
+        self.sender()
+            .is_some_and(|sender| sender.try_send(message).is_ok())
     }
 
-    pub fn send_result(&self, result: CommandResult) -> bool {
-        self.send(AgentMessage {
-            body: Some(agent_message::Body::Result(result)),
-        })
+    /// Delivers a result: waits for room on the current session, or parks it
+    /// for the next one. (The coordinator also re-sends every command it
+    /// still waits for when a session begins, and the journal answers it.)
+    pub async fn send_result(&self, result: CommandResult) {
+        match self.sender() {
+            Some(sender) => {
+                if let Err(returned) = sender.send(result_message(result)).await
+                    && let Some(agent_message::Body::Result(result)) = returned.0.body
+                {
+                    self.park(result);
+                }
+            }
+            None => self.park(result),
+        }
+    }
+}
+
+fn result_message(result: CommandResult) -> AgentMessage {
+    AgentMessage {
+        body: Some(agent_message::Body::Result(result)),
     }
 }
 
@@ -91,5 +135,65 @@ impl ProgressSink {
                 message,
             })),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: &str) -> CommandResult {
+        CommandResult {
+            command_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn result_id(message: AgentMessage) -> Option<String> {
+        match message.body {
+            Some(agent_message::Body::Result(result)) => Some(result.command_id),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_waits_for_room_instead_of_being_dropped() {
+        let outbox = Arc::new(Outbox::default());
+        let (sender, mut receiver) = mpsc::channel(1);
+        outbox.attach(sender);
+        // Progress fills the queue; progress may be lost, a result may not.
+        assert!(outbox.send(AgentMessage::default()));
+        assert!(!outbox.send(AgentMessage::default()));
+        let delivering = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send_result(result("c1")).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!delivering.is_finished(), "it waits for room");
+        assert_eq!(result_id(receiver.recv().await.unwrap()), None);
+        delivering.await.unwrap();
+        assert_eq!(
+            result_id(receiver.recv().await.unwrap()).as_deref(),
+            Some("c1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_result_without_a_session_goes_to_the_next_one() {
+        let outbox = Outbox::default();
+        outbox.send_result(result("c1")).await;
+        let (gone, closed) = mpsc::channel(4);
+        drop(closed);
+        outbox.attach(gone);
+        outbox.send_result(result("c2")).await;
+        let (sender, mut receiver) = mpsc::channel(4);
+        outbox.attach(sender);
+        outbox.send_parked().await;
+        let mut ids = vec![
+            result_id(receiver.recv().await.unwrap()).unwrap(),
+            result_id(receiver.recv().await.unwrap()).unwrap(),
+        ];
+        ids.sort();
+        assert_eq!(ids, ["c1", "c2"]);
     }
 }

@@ -46,7 +46,7 @@ impl HostAgent {
             config.state_dir.clone(),
             Some(config.clone()),
         );
-        probe.k3s.remove_leftover_downloads();
+        probe.k3s.remove_leftovers();
         Arc::new(HostAgent {
             config,
             probe,
@@ -73,6 +73,34 @@ impl HostAgent {
                 }
             }
         })
+    }
+
+    /// Settles a K3s install a previous run left half done (see
+    /// `k3s/settle.rs`; commands wait for it), then observes the host so the
+    /// outcome is reported at once. `None` when nothing was pending.
+    pub fn spawn_settle(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let settling = self.probe.k3s.spawn_settle()?;
+        let agent = self.clone();
+        Some(tokio::spawn(async move {
+            let _ = settling.await;
+            agent.observe_now().await;
+        }))
+    }
+
+    /// Runs `[host.tailscale.enroll]`, if configured, in the background.
+    pub fn spawn_tailscale_enrollment(
+        self: &Arc<Self>,
+        node_name: String,
+        stop: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.config.host.tailscale.enroll.as_ref()?;
+        let agent = self.clone();
+        Some(tokio::spawn(async move {
+            let observe = || async {
+                agent.observe_now().await;
+            };
+            crate::tailscale::enroll::run(&agent.probe.tailscale, &node_name, &stop, observe).await;
+        }))
     }
 
     /// Observes the host, keeps the result, and signals a change when a
@@ -188,7 +216,9 @@ impl HostDuties for HostAgent {
             Some(command::Action::InstallK3s(install)) => {
                 probe.k3s.install(install, &progress).await
             }
-            Some(command::Action::RollbackK3s(_)) => probe.k3s.rollback(&progress).await,
+            Some(command::Action::RollbackK3s(request)) => {
+                probe.k3s.rollback(request, &progress).await
+            }
             Some(command::Action::EtcdSnapshot(snapshot)) => {
                 probe.k3s.snapshot(snapshot, &progress).await
             }

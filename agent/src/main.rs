@@ -171,12 +171,25 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     let (config, node_name) = load_for_run(&config_path)?;
     logging::init("k3sfleet-agent", "info");
     let journal = Journal::open(&config.state_dir)?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // One thread: the agent waits on the network, its host tools and timers,
+    // and never computes for long on the runtime (hashing and fsync go to
+    // spawn_blocking, statfs to its own threads). A worker per core would
+    // cost a stack and a malloc arena each, and the multi-threaded
+    // scheduler's code would be paged in too: 0.6 MiB less RSS on a 2-core
+    // host, more on larger ones (agent/benches/footprint.rs). The watchdog
+    // ping is a task on this thread, so a wedged runtime stops it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let config = Arc::new(config);
         let duties = HostAgent::new(config.clone());
+        // Before the session: a re-sent command waits for it.
+        let _settling = duties.spawn_settle();
         let stop = CancellationToken::new();
         let observer = duties.spawn_observer(stop.clone());
+        let enrollment = duties.spawn_tailscale_enrollment(node_name.clone(), stop.clone());
         let metrics = match config.metrics.enabled {
             true => Some(serve_metrics(&config, duties.clone(), stop.clone()).await?),
             false => None,
@@ -199,6 +212,10 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
         systemd::notify_stopping();
         stop.cancel();
         let _ = tokio::join!(session, renewal, observer);
+        // An `up` in flight is killed with its task (kill_on_drop).
+        if let Some(enrollment) = enrollment {
+            enrollment.abort();
+        }
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }

@@ -23,6 +23,8 @@ pub struct Observation {
     pub tailscale: TailscaleState,
     pub disks: Vec<DiskHealth>,
     pub checks: Vec<CheckResult>,
+    /// Whether installs are checked against signed release manifests.
+    pub releases_verified: bool,
     /// How long gathering took.
     pub duration: Duration,
 }
@@ -94,7 +96,7 @@ impl HostProbe {
             },
         );
         HostProbe {
-            tailscale: Tailscale::new(tools.clone(), state_dir),
+            tailscale: Tailscale::new(tools.clone(), state_dir, host.tailscale.clone()),
             disks: DiskProbe::new(root.clone(), host.disks.clone(), tools.clone()),
             k3s: Arc::new(k3s),
             longhorn: host.longhorn.clone(),
@@ -123,6 +125,7 @@ impl HostProbe {
         let mut all = vec![
             checks::services::k3s(&k3s),
             checks::services::tailscale(&tailscale, now_unix_ms),
+            self.k3s.releases_check(),
         ];
         if let Some(etcd) = &self.etcd
             && !k3s.binary_sha256.is_empty()
@@ -139,6 +142,7 @@ impl HostProbe {
             tailscale,
             disks: disks.into_iter().map(|d| d.health).collect(),
             checks: all,
+            releases_verified: self.k3s.releases_verified(),
             duration: started.elapsed(),
         }
     }

@@ -85,10 +85,24 @@ async fn load_modules(
     done: &mut Remediation,
 ) {
     let before = inventory::gather(root, tools, facts).await;
-    for module in FIX_MODULES {
-        if before.has_module(module) {
-            continue;
+    let missing: Vec<&str> = FIX_MODULES
+        .iter()
+        .copied()
+        .filter(|m| !before.has_module(m))
+        .collect();
+    // A container shares its host machine's kernel: modprobe would fail (or,
+    // worse, succeed on the host), and modules-load.d is not read at boot.
+    if let Some(container) = &facts.container {
+        if !missing.is_empty() {
+            done.failures.push(format!(
+                "not loading {}: this host is a container ({container}), which cannot load kernel \
+                 modules; load them on the machine it runs on",
+                missing.join(", ")
+            ));
         }
+        return;
+    }
+    for module in missing {
         match tools.run(Tool::Modprobe, [module]).await {
             Ok(output) if output.success() => {
                 done.changes.push(format!("loaded kernel module {module}"))
@@ -131,6 +145,13 @@ async fn load_modules(
     }
 }
 
+/// Which iscsid unit to enable: the socket where the distribution ships one
+/// (Debian, Ubuntu and RHEL do, enabled by default): iscsid then starts on
+/// the first iscsiadm connection, which is how Longhorn reaches it, and
+/// enabling it never waits on a daemon that cannot start (a kernel without
+/// iSCSI, a container). Otherwise the service.
+const ISCSID_ENABLE_ORDER: [&str; 2] = ["iscsid.socket", "iscsid.service"];
+
 async fn enable_iscsid(
     root: &HostRoot,
     tools: &HostTools,
@@ -143,27 +164,38 @@ async fn enable_iscsid(
         return;
     }
     let systemctl = Systemctl(tools);
-    let unit = "iscsid.service";
-    match systemctl.exists(unit).await {
-        Ok(true) => {}
-        Ok(false) => {
-            done.failures.push(format!(
-                "{unit} is not installed: install {} first (`{}`); the agent never installs packages",
-                inv.family.iscsi_package(),
-                inv.family.install_command(&[inv.family.iscsi_package()])
-            ));
-            return;
-        }
-        Err(err) => {
-            done.failures.push(display_error(&err));
-            return;
+    let mut unit = None;
+    for candidate in ISCSID_ENABLE_ORDER {
+        match systemctl.exists(candidate).await {
+            Ok(true) => {
+                unit = Some(candidate);
+                break;
+            }
+            Ok(false) => {}
+            Err(err) => {
+                done.failures.push(display_error(&err));
+                return;
+            }
         }
     }
+    let Some(unit) = unit else {
+        done.failures.push(format!(
+            "iscsid is not installed (neither iscsid.socket nor iscsid.service exists): install {} first (`{}`); the agent never installs packages",
+            inv.family.iscsi_package(),
+            inv.family.install_command(&[inv.family.iscsi_package()])
+        ));
+        return;
+    };
     match systemctl.enable_now(unit).await {
-        Ok(output) if output.success() => done.changes.push(format!("enabled and started {unit}")),
+        Ok(output) if output.success() => done.changes.push(match unit {
+            "iscsid.socket" => format!(
+                "enabled and started {unit} (iscsid starts on the first iscsiadm connection)"
+            ),
+            _ => format!("enabled and started {unit}"),
+        }),
         Ok(output) => done.failures.push(format!(
             "systemctl enable --now {unit} failed: {}",
-            output.last_words()
+            crate::host::systemd::failure_reason(&output)
         )),
         Err(err) => done.failures.push(display_error(&err)),
     }

@@ -9,12 +9,19 @@ use std::process::{Command, Output};
 use k3sfleet_standin::{Distro, HostToml};
 use support::Sandbox;
 
+/// A public key from minisign's own documentation: any valid key will do here.
+const OPERATOR_KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+
 fn write_config(sandbox: &Sandbox, extra: &str) -> std::path::PathBuf {
+    write_config_with(sandbox, extra, &HostToml::default())
+}
+
+fn write_config_with(sandbox: &Sandbox, extra: &str, host: &HostToml) -> std::path::PathBuf {
     let path = sandbox.dir.path().join("agent.toml");
     let text = format!(
         "role = \"server\"\nstate_dir = {:?}\n{extra}\n{}",
         sandbox.state_dir.display().to_string(),
-        HostToml::default().render(&sandbox.host)
+        host.render(&sandbox.host)
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -52,9 +59,26 @@ fn a_prepared_host_passes_with_exit_status_0() {
             r#"{"Version":"1.76.6","BackendState":"Running","Self":{"HostName":"w1","TailscaleIPs":["100.64.0.9"],"Online":true,"KeyExpiry":"2099-01-01T00:00:00Z"}}"#,
         )
         .unwrap();
+    // Without trusted keys the report says that releases are not verified.
     let config = write_config(&sandbox, "");
     let (code, out, err) = check(&config, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        line_of(&out, "k3s.releases").contains("releases are NOT verified"),
+        "{out}"
+    );
+
+    let trusting = HostToml {
+        trusted_keys: vec![OPERATOR_KEY.into()],
+        ..HostToml::default()
+    };
+    let config = write_config_with(&sandbox, "", &trusting);
+    let (code, out, err) = check(&config, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        line_of(&out, "k3s.releases").contains("signed by key E7620F1842B4E81F"),
+        "{out}"
+    );
     assert!(
         out.starts_with(
             "k3sfleet-agent check: debian 12, kernel 6.1.0-18-amd64, K3s not installed"
@@ -198,7 +222,9 @@ fn remediation_runs_only_when_asked_and_reports_exactly_what_changed() {
         "{out}"
     );
     assert!(
-        out.contains("changed: enabled and started iscsid.service"),
+        out.contains(
+            "changed: enabled and started iscsid.socket (iscsid starts on the first iscsiadm connection)"
+        ),
         "{out}"
     );
     let persisted = std::fs::read_to_string(
@@ -211,7 +237,7 @@ fn remediation_runs_only_when_asked_and_reports_exactly_what_changed() {
         persisted.ends_with("iscsi_tcp\ndm_crypt\nnfs\n"),
         "{persisted}"
     );
-    assert_eq!(sandbox.host.unit("iscsid.service"), "active");
+    assert_eq!(sandbox.host.unit("iscsid.socket"), "active");
     assert!(line_of(&out, "longhorn.iscsid").starts_with("OK"), "{out}");
 
     // Nothing left to fix.
@@ -227,6 +253,7 @@ fn remediation_never_installs_packages_and_says_what_failed() {
     let sandbox = Sandbox::new(Distro::Rocky);
     sandbox.host.set_unit("iscsid.socket", "inactive").unwrap();
     sandbox.host.remove_unit("iscsid.service").unwrap();
+    sandbox.host.remove_unit("iscsid.socket").unwrap();
     sandbox
         .host
         .set_package("iscsi-initiator-utils", false)
@@ -245,7 +272,7 @@ fn remediation_never_installs_packages_and_says_what_failed() {
         "{out}"
     );
     assert!(
-        out.contains("FAILED:  iscsid.service is not installed: install iscsi-initiator-utils first (`dnf install -y iscsi-initiator-utils`)"),
+        out.contains("FAILED:  iscsid is not installed (neither iscsid.socket nor iscsid.service exists): install iscsi-initiator-utils first (`dnf install -y iscsi-initiator-utils`)"),
         "{out}"
     );
     assert!(
@@ -261,6 +288,67 @@ fn remediation_never_installs_packages_and_says_what_failed() {
     assert!(
         line_of(&out, "longhorn.packages").contains("dnf install -y iscsi-initiator-utils"),
         "{out}"
+    );
+}
+
+#[test]
+fn without_an_iscsid_socket_remediation_enables_the_service() {
+    let sandbox = Sandbox::new(Distro::Debian);
+    sandbox.host.remove_unit("iscsid.socket").unwrap();
+    let config = write_config(&sandbox, "");
+
+    let (code, out, _) = check(&config, &["--fix-iscsid"]);
+
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("changed: enabled and started iscsid.service\n"),
+        "{out}"
+    );
+    assert_eq!(sandbox.host.unit("iscsid.service"), "active");
+}
+
+/// A container cannot load modules into the kernel it shares: the fix says
+/// so and runs no modprobe; the check says what cannot be told from inside.
+#[test]
+fn in_a_container_modules_are_not_loaded_and_the_checks_say_why() {
+    let sandbox = Sandbox::new(Distro::Debian);
+    sandbox.host.unload_module("dm_crypt").unwrap();
+    std::fs::create_dir_all(sandbox.host.path("/run/systemd")).unwrap();
+    std::fs::write(
+        sandbox.host.path("/run/systemd/container"),
+        "systemd-nspawn\n",
+    )
+    .unwrap();
+    let config = write_config(&sandbox, "");
+
+    let (code, out, _) = check(&config, &["--fix-modules"]);
+
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "FAILED:  not loading dm_crypt: this host is a container (systemd-nspawn), which cannot load kernel modules"
+        ),
+        "{out}"
+    );
+    assert!(
+        !sandbox
+            .host
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("modprobe")),
+        "{:?}",
+        sandbox.host.calls()
+    );
+    assert!(
+        !sandbox
+            .host
+            .path("/etc/modules-load.d/k3sfleet-longhorn.conf")
+            .exists()
+    );
+    let modules = line_of(&out, "longhorn.kernel_modules");
+    assert!(
+        modules.starts_with("WARNING") && modules.contains("container (systemd-nspawn)"),
+        "{modules}"
     );
 }
 
@@ -289,4 +377,30 @@ fn a_bad_config_names_the_key_and_exits_2() {
     let (code, _, err) = check(&sandbox.dir.path().join("missing.toml"), &[]);
     assert_eq!(code, 2);
     assert!(err.contains("missing.toml"), "{err}");
+}
+
+/// A fresh host: neither data path exists yet, so both disk checks measure
+/// /var/lib, at once. Both must say so; neither may call the other's
+/// statfs a hanging filesystem (what every fresh Debian host printed).
+#[test]
+fn data_paths_that_do_not_exist_yet_are_measured_on_their_parent() {
+    let sandbox = Sandbox::new(Distro::Debian);
+    for dir in ["/var/lib/longhorn", "/var/lib/rancher"] {
+        std::fs::remove_dir_all(sandbox.host.path(dir)).unwrap();
+    }
+    let config = write_config(&sandbox, "");
+    for _ in 0..5 {
+        let (_, out, err) = check(&config, &[]);
+        assert!(
+            !out.contains("hanging") && !err.contains("hanging"),
+            "{out}\n{err}"
+        );
+        for id in [
+            "disk.space./var/lib/longhorn",
+            "disk.space./var/lib/rancher",
+        ] {
+            let line = line_of(&out, id);
+            assert!(line.starts_with("OK"), "{line}\n{out}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ use k3sfleet_agent::config::K3sRole;
 use k3sfleet_agent::duties::ProgressSink;
 use k3sfleet_proto::v1::{
     ArtifactSource, CommandOutcome, CommandResult, EtcdSnapshot, InstallK3s, InstallK3sResult,
-    artifact_source, command_result,
+    RollbackK3s, artifact_source, command_result,
 };
 use k3sfleet_standin::{
     Distro, HostToml, K3sBehaviour, Mirror, MirrorBehaviour, k3s_binary, write_release,
@@ -33,7 +33,7 @@ async fn upgrade_setup(new: Vec<u8>) -> (Sandbox, Mirror, String) {
     sandbox.host.install_k3s(&healthy(OLD)).unwrap();
     sandbox.host.set_unit("k3s.service", "active").unwrap();
     let digest = write_release(&sandbox.releases, NEW, &new).unwrap();
-    let mirror = Mirror::start(&sandbox.releases).await.unwrap();
+    let mirror = sandbox.start_mirror().await;
     (sandbox, mirror, digest)
 }
 
@@ -464,8 +464,17 @@ async fn selinux_enforcing_hosts_get_the_binary_relabeled_before_the_swap() {
     assert!(!plain.host.calls().iter().any(|c| c.starts_with("chcon")));
 }
 
+fn rollback_to(version: &str, binary: Option<&[u8]>) -> RollbackK3s {
+    RollbackK3s {
+        version: version.into(),
+        sha256: binary
+            .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b)))
+            .unwrap_or_default(),
+    }
+}
+
 #[tokio::test]
-async fn rollback_on_request_swaps_binaries_and_can_be_undone() {
+async fn rollback_is_declarative_so_running_it_again_changes_nothing() {
     let (sandbox, mirror, _) = upgrade_setup(healthy(NEW)).await;
     let probe = sandbox.probe(K3sRole::Server);
     probe
@@ -473,7 +482,11 @@ async fn rollback_on_request_swaps_binaries_and_can_be_undone() {
         .install(from_mirror(&mirror, NEW), &ProgressSink::discard())
         .await;
 
-    let result = probe.k3s.rollback(&ProgressSink::discard()).await;
+    let old = healthy(OLD);
+    let result = probe
+        .k3s
+        .rollback(rollback_to(OLD, Some(&old)), &ProgressSink::discard())
+        .await;
     assert_eq!(
         outcome(&result),
         CommandOutcome::Succeeded,
@@ -481,10 +494,23 @@ async fn rollback_on_request_swaps_binaries_and_can_be_undone() {
         result.message
     );
     assert_eq!(detail(&result).installed_version, OLD);
-    assert_eq!(sandbox.host.k3s().unwrap(), healthy(OLD));
+    assert_eq!(sandbox.host.k3s().unwrap(), old);
     assert_eq!(sandbox.host.previous_k3s().unwrap(), healthy(NEW));
 
-    let result = probe.k3s.rollback(&ProgressSink::discard()).await;
+    // The same rollback again (a coordinator re-running an interrupted one):
+    // the old binary runs already, nothing is swapped back to the failed one.
+    let result = probe
+        .k3s
+        .rollback(rollback_to(OLD, Some(&old)), &ProgressSink::discard())
+        .await;
+    assert_eq!(outcome(&result), CommandOutcome::NoOp, "{}", result.message);
+    assert_eq!(sandbox.host.k3s().unwrap(), old);
+
+    // Going forward again is a rollback to the other binary, asked by name.
+    let result = probe
+        .k3s
+        .rollback(rollback_to(NEW, None), &ProgressSink::discard())
+        .await;
     assert_eq!(
         outcome(&result),
         CommandOutcome::Succeeded,
@@ -495,18 +521,30 @@ async fn rollback_on_request_swaps_binaries_and_can_be_undone() {
 }
 
 #[tokio::test]
-async fn rollback_without_a_previous_binary_fails_and_changes_nothing() {
+async fn rollback_to_a_binary_the_host_does_not_have_fails_and_changes_nothing() {
     let sandbox = Sandbox::new(Distro::Debian);
     sandbox.host.install_k3s(&healthy(OLD)).unwrap();
     let probe = sandbox.probe(K3sRole::Server);
-    let result = probe.k3s.rollback(&ProgressSink::discard()).await;
+    let result = probe
+        .k3s
+        .rollback(rollback_to(NEW, None), &ProgressSink::discard())
+        .await;
     assert_eq!(outcome(&result), CommandOutcome::Failed);
     assert!(
-        result.message.contains("no previous K3s binary"),
+        result
+            .message
+            .contains(&format!("cannot roll back to {NEW}"))
+            && result.message.contains("is missing"),
         "{}",
         result.message
     );
     assert_eq!(sandbox.host.k3s().unwrap(), healthy(OLD));
+    // A rollback naming nothing is refused.
+    let result = probe
+        .k3s
+        .rollback(RollbackK3s::default(), &ProgressSink::discard())
+        .await;
+    assert_eq!(outcome(&result), CommandOutcome::Rejected);
 }
 
 #[tokio::test]
@@ -547,12 +585,161 @@ async fn an_install_interrupted_after_the_swap_is_finished_not_skipped() {
     assert_eq!(mirror.requests().len(), 1);
 }
 
+/// What a host killed right after the swap has: the new binary in place,
+/// the old one kept, the intent recorded (with the binary it replaced).
+fn cut_after_the_swap(sandbox: &Sandbox, new: &[u8], digest: &str) {
+    let old_digest = sha256_hex(&healthy(OLD));
+    std::fs::copy(
+        sandbox.host.path("/usr/local/bin/k3s"),
+        sandbox.host.path("/usr/local/bin/k3s.previous"),
+    )
+    .unwrap();
+    sandbox.host.install_k3s(new).unwrap();
+    write_intent(sandbox, digest, &old_digest);
+}
+
+fn write_intent(sandbox: &Sandbox, digest: &str, previous: &str) {
+    std::fs::write(
+        sandbox.state_dir.join("k3s-install.json"),
+        format!(r#"{{"version":"{NEW}","sha256":"{digest}","previous_sha256":"{previous}"}}"#),
+    )
+    .unwrap();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+async fn settle(probe: &k3sfleet_agent::observe::HostProbe) -> k3sfleet_agent::k3s::Settled {
+    probe
+        .k3s
+        .spawn_settle()
+        .expect("an install to settle")
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn at_start_an_install_cut_off_after_the_swap_is_finished() {
+    let (sandbox, mirror, digest) = upgrade_setup(healthy(NEW)).await;
+    cut_after_the_swap(&sandbox, &healthy(NEW), &digest);
+    let probe = sandbox.probe(K3sRole::Server);
+
+    let settled = settle(&probe).await;
+
+    assert!(
+        matches!(
+            settled,
+            k3sfleet_agent::k3s::Settled::AfterSwap {
+                succeeded: true,
+                ..
+            }
+        ),
+        "{settled:?}"
+    );
+    assert!(
+        settled.message().contains("interrupted after the swap")
+            && settled
+                .message()
+                .contains("k3s.service is active on v1.31.5+k3s1"),
+        "{}",
+        settled.message()
+    );
+    assert!(
+        sandbox
+            .host
+            .calls()
+            .contains(&"systemctl restart k3s.service".to_string())
+    );
+    assert!(!sandbox.state_dir.join("k3s-install.json").exists());
+    assert!(probe.k3s.spawn_settle().is_none(), "settled once");
+    // The install re-sent after the restart finds it done.
+    let again = probe
+        .k3s
+        .install(from_mirror(&mirror, NEW), &ProgressSink::discard())
+        .await;
+    assert_eq!(outcome(&again), CommandOutcome::NoOp, "{}", again.message);
+}
+
+#[tokio::test]
+async fn at_start_an_unhealthy_binary_swapped_in_before_the_cut_is_rolled_back() {
+    let broken = k3s_binary(NEW, K3sBehaviour::FailsToStart, SIZE);
+    let (sandbox, _mirror, digest) = upgrade_setup(broken.clone()).await;
+    cut_after_the_swap(&sandbox, &broken, &digest);
+    let probe = sandbox.probe(K3sRole::Server);
+
+    let settled = settle(&probe).await;
+
+    assert!(
+        matches!(
+            settled,
+            k3sfleet_agent::k3s::Settled::AfterSwap {
+                succeeded: false,
+                ..
+            }
+        ),
+        "{settled:?}"
+    );
+    assert!(
+        settled.message().contains("rolled back to v1.31.4+k3s1"),
+        "{}",
+        settled.message()
+    );
+    assert_eq!(sandbox.host.k3s().unwrap(), healthy(OLD));
+    assert_eq!(sandbox.host.unit("k3s.service"), "active");
+    assert!(!sandbox.state_dir.join("k3s-install.json").exists());
+}
+
+#[tokio::test]
+async fn at_start_an_install_cut_off_before_the_swap_changed_nothing_and_is_forgotten() {
+    let (sandbox, _mirror, digest) = upgrade_setup(healthy(NEW)).await;
+    write_intent(&sandbox, &digest, &sha256_hex(&healthy(OLD)));
+    let probe = sandbox.probe(K3sRole::Server);
+
+    let settled = settle(&probe).await;
+
+    assert!(
+        matches!(settled, k3sfleet_agent::k3s::Settled::BeforeSwap { .. }),
+        "{settled:?}"
+    );
+    assert!(
+        settled.message().contains("the one before it"),
+        "{}",
+        settled.message()
+    );
+    assert_untouched(&sandbox);
+    assert!(!sandbox.host.calls().iter().any(|c| c.contains("restart")));
+    assert!(!sandbox.state_dir.join("k3s-install.json").exists());
+}
+
+#[tokio::test]
+async fn at_start_a_binary_someone_else_put_there_is_left_alone() {
+    let (sandbox, _mirror, digest) = upgrade_setup(healthy(NEW)).await;
+    write_intent(&sandbox, &digest, &"ab".repeat(32));
+    let probe = sandbox.probe(K3sRole::Server);
+
+    let settled = settle(&probe).await;
+
+    assert!(
+        matches!(settled, k3sfleet_agent::k3s::Settled::Foreign { .. }),
+        "{settled:?}"
+    );
+    assert!(
+        settled.message().contains("left as it is"),
+        "{}",
+        settled.message()
+    );
+    assert_untouched(&sandbox);
+    assert!(!sandbox.host.calls().iter().any(|c| c.contains("restart")));
+}
+
 #[tokio::test]
 async fn a_host_without_the_unit_gets_the_binary_and_is_told_why_nothing_restarted() {
     let sandbox = Sandbox::new(Distro::Debian);
     sandbox.host.remove_unit("k3s.service").unwrap();
     write_release(&sandbox.releases, NEW, &healthy(NEW)).unwrap();
-    let mirror = Mirror::start(&sandbox.releases).await.unwrap();
+    let mirror = sandbox.start_mirror().await;
     let probe = sandbox.probe(K3sRole::Server);
     let result = probe
         .k3s

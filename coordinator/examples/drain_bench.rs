@@ -177,7 +177,12 @@ async fn with_engine(scenario: &Scenario, node: &str) -> anyhow::Result<Measured
     // Nobody reads the events: a closed channel costs the engine nothing.
     let (events, _) = tokio::sync::mpsc::channel(1);
     let started = Instant::now();
-    engine.cordon(node).await?;
+    engine
+        .cordon(
+            node,
+            &k3sfleet_coordinator::drain::Owner::Drain("bench".into()),
+        )
+        .await?;
     let result = engine
         .drain(node, &options, events, CancellationToken::new())
         .await?;

@@ -38,6 +38,8 @@ pub use k3sfleet_proto::is_release_tag;
 /// Whether `name` is a K3s release asset this coordinator serves.
 pub fn is_servable_asset(name: &str) -> bool {
     matches!(name, "k3s" | "k3s-arm64" | "k3s-armhf" | "k3s-s390x")
+        || name == k3sfleet_release::MANIFEST_NAME
+        || name == k3sfleet_release::SIGNATURE_NAME
         || (name.starts_with("sha256sum-")
             && name.ends_with(".txt")
             && name["sha256sum-".len()..name.len() - 4]
@@ -59,7 +61,7 @@ pub fn path_of(dir: &Path, version: &str, name: &str) -> Result<PathBuf, Artifac
     }
     if !is_servable_asset(name) {
         return Err(invalid(
-            "the name is not a K3s binary or sha256sum-<arch>.txt",
+            "the name is not a K3s binary, sha256sum-<arch>.txt or a signed release manifest",
         ));
     }
     Ok(dir.join(version).join(name))
@@ -160,6 +162,8 @@ mod tests {
             "k3s-arm64",
             "sha256sum-amd64.txt",
             "sha256sum-arm.txt",
+            "k3sfleet-release.json",
+            "k3sfleet-release.json.minisig",
         ] {
             assert!(is_servable_asset(good), "{good}");
         }

@@ -78,6 +78,7 @@ pub const AUTHORIZATION: &[(&str, Allow)] = &[
     ("/k3sfleet.v1.AccessService/ListCertificates", READERS),
     ("/k3sfleet.v1.DrainService/Drain", ADMIN),
     ("/k3sfleet.v1.DrainService/Uncordon", ADMIN),
+    ("/k3sfleet.v1.DrainService/CheckWorkloads", READERS),
     ("/k3sfleet.v1.RolloutService/PlanUpgrade", READERS),
     ("/k3sfleet.v1.RolloutService/StartUpgrade", ADMIN),
     ("/k3sfleet.v1.RolloutService/GetRollout", READERS),

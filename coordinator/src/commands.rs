@@ -37,11 +37,13 @@ pub fn describe(command: &Command) -> String {
         }
         Some(command::Action::RollbackK3s(_)) => "rollback-k3s".to_string(),
         Some(command::Action::EtcdSnapshot(snapshot)) => format!("etcd-snapshot {}", snapshot.name),
-        // The auth key is deliberately left out.
+        // Every setting but the auth key, which is deliberately left out.
         Some(command::Action::TailscaleUp(up)) => format!(
-            "tailscale-up hostname={} tags={}",
+            "tailscale-up hostname={} tags={} login_server={} flags={}",
             up.hostname,
-            up.advertise_tags.join(",")
+            up.advertise_tags.join(","),
+            up.login_server,
+            up.extra_flags.join(" ")
         ),
         Some(command::Action::Remediate(fix)) => format!(
             "remediate load_modules={} enable_iscsid={}",
@@ -74,12 +76,16 @@ mod tests {
                 auth_key: "tskey-auth-SECRET".into(),
                 hostname: "worker-01".into(),
                 advertise_tags: vec!["tag:k3s".into()],
-                ..Default::default()
+                login_server: "https://hs.example".into(),
+                extra_flags: vec!["--accept-routes".into(), "--shields-up".into()],
             })),
         };
         let text = describe(&command);
         assert!(!text.contains("SECRET"), "{text}");
-        assert!(text.contains("worker-01"));
+        assert_eq!(
+            text,
+            "tailscale-up hostname=worker-01 tags=tag:k3s login_server=https://hs.example flags=--accept-routes --shields-up"
+        );
     }
 
     #[test]

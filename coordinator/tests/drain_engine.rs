@@ -5,11 +5,14 @@
 use std::time::Duration;
 
 use k3sfleet_coordinator::drain::{
-    DrainEngine, DrainOptions, RetryPolicy, TimeoutPolicy, cordon_and_drain,
+    Claimant, CordonState, Cordoned, DrainEngine, DrainError, DrainOptions, Owner, RetryPolicy,
+    TimeoutPolicy, Uncordoned, cordon_and_drain,
 };
 use k3sfleet_kubesim::{Faults, KubeSim, Running, Scenario};
 use k3sfleet_proto::v1::{DrainEvent, DrainOutcome, DrainResult, PodBlocked, drain_event};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -153,6 +156,92 @@ fn options() -> DrainOptions {
     }
 }
 
+/// The owner of the cordons these tests make through the engine.
+fn tester() -> Owner {
+    Owner::Drain("admin:tester".into())
+}
+
+/// Nobody else's claim is live: every cordon claim found is left over.
+fn nothing_live(_: &Owner) -> bool {
+    false
+}
+
+impl Sim {
+    /// A client as an operator with kubectl has it (not k3sfleet's).
+    async fn operator(&self) -> Api<Node> {
+        let kubeconfig = self._dir.path().join("kubeconfig");
+        Api::all(
+            k3sfleet_coordinator::kube::client(&kubeconfig, None)
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// `kubectl cordon` (true) or `kubectl uncordon` (false).
+    async fn operator_sets_unschedulable(&self, node: &str, unschedulable: bool) {
+        let value = if unschedulable {
+            serde_json::json!(true)
+        } else {
+            serde_json::Value::Null
+        };
+        let manager = if unschedulable {
+            "kubectl-cordon"
+        } else {
+            "kubectl-uncordon"
+        };
+        self.operator()
+            .await
+            .patch(
+                node,
+                &PatchParams {
+                    field_manager: Some(manager.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(serde_json::json!({"spec": {"unschedulable": value}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn cordon_state(&self, node: &str) -> CordonState {
+        CordonState::of(&self.operator().await.get(node).await.unwrap())
+    }
+}
+
+/// cordon_and_drain as an operator's drain by `actor`, collecting events.
+async fn operator_drain(
+    engine: &DrainEngine,
+    node: &str,
+    actor: &str,
+    is_live: &(dyn Fn(&Owner) -> bool + Sync),
+    options: &DrainOptions,
+    policy: TimeoutPolicy,
+) -> (Result<DrainResult, DrainError>, Vec<DrainEvent>) {
+    let (events, mut received) = mpsc::channel(1024);
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(event) = received.recv().await {
+            all.push(event);
+        }
+        all
+    });
+    let claimant = Claimant {
+        owner: Owner::Drain(actor.into()),
+        is_live,
+    };
+    let result = cordon_and_drain(
+        engine,
+        node,
+        &claimant,
+        options,
+        policy,
+        events,
+        CancellationToken::new(),
+    )
+    .await;
+    (result, collector.await.unwrap())
+}
+
 /// worker-1 holds two of web's four pods and web's budget allows one
 /// disruption: the second eviction is refused until the first one's
 /// replacement is Ready, and the engine says so while it waits.
@@ -171,8 +260,8 @@ async fn a_budget_exhausted_then_recovering_delays_but_never_breaks() {
         sim.names_on("worker-1")
     );
 
-    let cordon = sim.engine.cordon("worker-1").await.unwrap();
-    assert!(!cordon.was_unschedulable);
+    let cordon = sim.engine.cordon("worker-1", &tester()).await.unwrap();
+    assert_eq!(cordon, Cordoned::Now);
     let (result, events) = drain(&sim.engine, "worker-1", options()).await;
     assert_eq!(
         outcome(&result),
@@ -267,7 +356,7 @@ async fn a_statefulset_pod_recreated_under_its_name_counts_as_gone() {
     let name = before[0].metadata.name.clone().unwrap();
     let old_uid = before[0].metadata.uid.clone().unwrap();
 
-    sim.engine.cordon("worker-1").await.unwrap();
+    sim.engine.cordon("worker-1", &tester()).await.unwrap();
     let (result, events) = drain(&sim.engine, "worker-1", options()).await;
     assert_eq!(
         outcome(&result),
@@ -291,6 +380,66 @@ async fn a_statefulset_pod_recreated_under_its_name_counts_as_gone() {
         "the new pod was evicted"
     );
     assert_eq!(sim.sim.stats().evictions_accepted, 1);
+    sim.assert_no_violations();
+    sim.sim.shutdown().await;
+}
+
+/// The API server carries out the eviction but its answer is lost, and the
+/// watch runs late: by the time the engine asks again, the StatefulSet has
+/// made a new pod under the name. The engine looks the pod up before asking
+/// again and finds the old UID gone; asking blind would have been refused
+/// (409) only after the budget's disruption was spent on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_eviction_answer_is_not_resent_for_a_pod_already_replaced() {
+    let sim = Sim::toml(
+        r#"
+        [timings]
+        replacement_delay = 0
+        ready_delay = 1
+        termination = 0
+        [[nodes]]
+        name = "worker-1"
+        [[nodes]]
+        name = "worker-2"
+        [[nodes]]
+        name = "worker-3"
+        [[statefulsets]]
+        namespace = "data"
+        name = "db"
+        replicas = 3
+        [[pdbs]]
+        namespace = "data"
+        name = "db"
+        selector = { app = "db" }
+        max_unavailable = 2
+        "#,
+    )
+    .await;
+    let engine = sim.engine.clone().with_retry_policy(RetryPolicy {
+        first: Duration::from_millis(300),
+        max: Duration::from_secs(1),
+    });
+    let old_uid = sim.pods_on("worker-1")[0].metadata.uid.clone().unwrap();
+    sim.engine.cordon("worker-1", &tester()).await.unwrap();
+    sim.sim.inject_faults(&Faults {
+        lose_eviction_answers: 1,
+        watch_delay_ms: 3_000,
+        ..Default::default()
+    });
+    let (result, events) = drain(&engine, "worker-1", options()).await;
+    assert_eq!(
+        outcome(&result),
+        DrainOutcome::Drained,
+        "{}",
+        result.message
+    );
+    assert_eq!(gone_uids(&events), std::slice::from_ref(&old_uid));
+    let stats = sim.sim.stats();
+    assert_eq!(stats.evictions_accepted, 1);
+    assert_eq!(
+        stats.evictions_stale_uid, 0,
+        "an eviction was sent again for the replaced pod"
+    );
     sim.assert_no_violations();
     sim.sim.shutdown().await;
 }
@@ -346,7 +495,7 @@ async fn a_refused_eviction_is_retried_when_the_budget_recovers_not_on_a_timer()
         first: hour,
         max: hour,
     });
-    engine.cordon("worker-1").await.unwrap();
+    engine.cordon("worker-1", &tester()).await.unwrap();
     let (result, events) = drain(&engine, "worker-1", options()).await;
     assert_eq!(
         outcome(&result),
@@ -391,7 +540,7 @@ const NEVER_RECOVERS: &str = r#"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_that_cannot_finish_times_out_saying_why() {
     let sim = Sim::toml(NEVER_RECOVERS).await;
-    sim.engine.cordon("worker-1").await.unwrap();
+    sim.engine.cordon("worker-1", &tester()).await.unwrap();
     let timeout = Duration::from_secs(4);
     let (result, events) = drain(
         &sim.engine,
@@ -474,7 +623,14 @@ async fn only_nodes_the_drain_cordoned_are_ever_uncordoned() {
         let short = short.clone();
         async move {
             let drain = tokio::spawn(async move {
-                cordon_and_drain(&engine, "worker-1", &short, policy, events, cancel).await
+                let claimant = Claimant {
+                    owner: tester(),
+                    is_live: &nothing_live,
+                };
+                cordon_and_drain(
+                    &engine, "worker-1", &claimant, &short, policy, events, cancel,
+                )
+                .await
             });
             let mut all = Vec::new();
             while let Some(event) = received.recv().await {
@@ -498,7 +654,7 @@ async fn only_nodes_the_drain_cordoned_are_ever_uncordoned() {
     ));
 
     // Cordoned by an operator first.
-    sim.engine.cordon("worker-1").await.unwrap();
+    sim.operator_sets_unschedulable("worker-1", true).await;
     let (result, events) = run(TimeoutPolicy::Uncordon, CancellationToken::new()).await;
     assert_eq!(outcome(&result), DrainOutcome::TimedOut);
     assert!(result.left_cordoned, "{result:?}");
@@ -536,7 +692,7 @@ async fn only_nodes_the_drain_cordoned_are_ever_uncordoned() {
     assert!(result.left_cordoned && sim.unschedulable("worker-1"));
 
     // The default policy leaves a node the drain cordoned cordoned.
-    sim.engine.uncordon("worker-1").await.unwrap();
+    sim.operator_sets_unschedulable("worker-1", false).await;
     let (result, _) = run(TimeoutPolicy::LeaveCordoned, CancellationToken::new()).await;
     assert_eq!(outcome(&result), DrainOutcome::TimedOut);
     assert!(result.left_cordoned && sim.unschedulable("worker-1"));
@@ -625,7 +781,7 @@ async fn refused_pods_stop_the_drain_before_any_eviction() {
         "#,
     )
     .await;
-    sim.engine.cordon("worker-1").await.unwrap();
+    sim.engine.cordon("worker-1", &tester()).await.unwrap();
     let (result, events) = drain(&sim.engine, "worker-1", options()).await;
     assert_eq!(outcome(&result), DrainOutcome::Failed);
     assert!(
@@ -656,7 +812,7 @@ async fn api_errors_are_retried_and_reported() {
         first: Duration::from_millis(200),
         max: Duration::from_secs(1),
     });
-    sim.engine.cordon("worker-1").await.unwrap();
+    sim.engine.cordon("worker-1", &tester()).await.unwrap();
     let (events, mut received) = mpsc::channel(1024);
     let drain = tokio::spawn(async move {
         engine
@@ -667,8 +823,8 @@ async fn api_errors_are_retried_and_reported() {
     while let Some(event) = received.recv().await {
         if matches!(event.event, Some(drain_event::Event::Plan(_))) {
             sim.sim.inject_faults(&Faults {
-                latency_ms: 0,
                 errors_for_seconds: 1.5,
+                ..Default::default()
             });
         }
         all.push(event);
@@ -716,21 +872,309 @@ async fn budgets_count_healthy_pods_per_node() {
     assert_eq!(budgets[0].pods_on.values().sum::<u32>(), 3);
 
     // Cordon and uncordon are idempotent and say what they changed.
+    assert_eq!(
+        sim.engine.cordon("worker-3", &tester()).await.unwrap(),
+        Cordoned::Now
+    );
+    assert_eq!(
+        sim.engine.cordon("worker-3", &tester()).await.unwrap(),
+        Cordoned::Already
+    );
+    assert_eq!(
+        sim.engine.uncordon("worker-3", &tester()).await.unwrap(),
+        Uncordoned::Now
+    );
+    assert_eq!(
+        sim.engine.uncordon("worker-3", &tester()).await.unwrap(),
+        Uncordoned::Already
+    );
+    sim.sim.shutdown().await;
+}
+
+/// A drain that did not finish left its cordon; the next `k3sfleet drain`
+/// (by someone else) knows that cordon is k3sfleet's, takes it over, and its
+/// uncordon policy lifts it. (Before the claim lived on the Node, the second
+/// drain took it for an operator's and left the node cordoned for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_drain_takes_over_the_cordon_an_earlier_one_left() {
+    let sim = Sim::toml(NEVER_RECOVERS).await;
+    let short = DrainOptions {
+        timeout: Duration::from_secs(2),
+        ..options()
+    };
+    let (first, _) = operator_drain(
+        &sim.engine,
+        "worker-1",
+        "admin:alice",
+        &nothing_live,
+        &short,
+        TimeoutPolicy::LeaveCordoned,
+    )
+    .await;
+    let first = first.unwrap();
+    assert_eq!(outcome(&first), DrainOutcome::TimedOut);
+    assert!(first.left_cordoned);
+    let CordonState::Claimed(claim) = sim.cordon_state("worker-1").await else {
+        panic!("the first drain's cordon carries its claim");
+    };
+    assert_eq!(claim.owner, Owner::Drain("admin:alice".into()));
+
+    let (second, events) = operator_drain(
+        &sim.engine,
+        "worker-1",
+        "admin:bob",
+        &nothing_live,
+        &short,
+        TimeoutPolicy::Uncordon,
+    )
+    .await;
+    let second = second.unwrap();
+    assert_eq!(outcome(&second), DrainOutcome::TimedOut);
+    assert!(matches!(
+        &events[0].event,
+        Some(drain_event::Event::Cordoned(c)) if !c.was_unschedulable
+    ));
     assert!(
-        !sim.engine
-            .cordon("worker-3")
-            .await
-            .unwrap()
-            .was_unschedulable
+        !second.left_cordoned && second.message.ends_with("; uncordoned"),
+        "{second:?}"
+    );
+    assert_eq!(sim.cordon_state("worker-1").await, CordonState::Schedulable);
+    sim.sim.shutdown().await;
+}
+
+/// A node a live rollout holds is not an operator drain's to take; once that
+/// rollout is over, its left-over cordon can be taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_refuses_a_node_a_live_rollout_holds() {
+    let sim = Sim::toml(NEVER_RECOVERS).await;
+    sim.engine
+        .cordon("worker-1", &Owner::Rollout(5))
+        .await
+        .unwrap();
+    let rollout_5_live = |owner: &Owner| *owner == Owner::Rollout(5);
+    let (refused, events) = operator_drain(
+        &sim.engine,
+        "worker-1",
+        "admin:alice",
+        &rollout_5_live,
+        &options(),
+        TimeoutPolicy::Uncordon,
+    )
+    .await;
+    let err = refused.unwrap_err();
+    assert!(matches!(err, DrainError::Claimed { .. }), "{err}");
+    assert!(err.to_string().contains("rollout 5"), "{err}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.event, Some(drain_event::Event::Evicting(_)))),
+        "nothing was evicted"
+    );
+    assert_eq!(
+        sim.cordon_state("worker-1").await.claim().unwrap().owner,
+        Owner::Rollout(5)
+    );
+
+    let short = DrainOptions {
+        timeout: Duration::from_secs(1),
+        ..options()
+    };
+    let (taken, _) = operator_drain(
+        &sim.engine,
+        "worker-1",
+        "admin:alice",
+        &nothing_live,
+        &short,
+        TimeoutPolicy::LeaveCordoned,
+    )
+    .await;
+    assert_eq!(outcome(&taken.unwrap()), DrainOutcome::TimedOut);
+    assert_eq!(
+        sim.cordon_state("worker-1").await.claim().unwrap().owner,
+        Owner::Drain("admin:alice".into())
+    );
+    sim.sim.shutdown().await;
+}
+
+/// A drain whose pods cannot be evicted (here one under two budgets, which
+/// the Eviction API refuses) is refused before the node is cordoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_cannot_work_is_refused_before_the_node_is_cordoned() {
+    let sim = Sim::toml(
+        r#"
+        [[nodes]]
+        name = "worker-1"
+        [[deployments]]
+        namespace = "shop"
+        name = "web"
+        replicas = 2
+        [[pdbs]]
+        namespace = "shop"
+        name = "web"
+        selector = { app = "web" }
+        max_unavailable = 1
+        [[pdbs]]
+        namespace = "shop"
+        name = "web-too"
+        selector = { app = "web" }
+        max_unavailable = 1
+        "#,
+    )
+    .await;
+    let (result, events) = operator_drain(
+        &sim.engine,
+        "worker-1",
+        "admin:alice",
+        &nothing_live,
+        &options(),
+        TimeoutPolicy::LeaveCordoned,
+    )
+    .await;
+    let result = result.unwrap();
+    assert_eq!(outcome(&result), DrainOutcome::Failed);
+    assert!(
+        result
+            .message
+            .contains("PodDisruptionBudgets (shop/web, shop/web-too)")
+            && result.message.ends_with("nothing was changed"),
+        "{}",
+        result.message
+    );
+    assert!(!result.left_cordoned);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.event, Some(drain_event::Event::Cordoned(_)))),
+        "never cordoned"
+    );
+    assert_eq!(sim.cordon_state("worker-1").await, CordonState::Schedulable);
+    assert_eq!(sim.sim.stats().evictions_accepted, 0);
+    sim.sim.shutdown().await;
+}
+
+/// An operator who lifts k3sfleet's cordon and cordons the node again owns
+/// the new cordon: k3sfleet's uncordon leaves it (the API server says who set
+/// spec.unschedulable in the node's managedFields).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordon_an_operator_put_back_is_not_lifted() {
+    let sim = Sim::file("drain-blocked.toml").await;
+    let owner = Owner::Rollout(9);
+    sim.engine.cordon("worker-3", &owner).await.unwrap();
+    sim.operator_sets_unschedulable("worker-3", false).await;
+    sim.operator_sets_unschedulable("worker-3", true).await;
+    assert_eq!(sim.cordon_state("worker-3").await, CordonState::Foreign);
+    let answer = sim.engine.uncordon("worker-3", &owner).await.unwrap();
+    assert_eq!(answer, Uncordoned::NotOurs(CordonState::Foreign));
+    assert!(sim.unschedulable("worker-3"));
+    sim.sim.shutdown().await;
+}
+
+/// A pod waiting on its budget does not hold an eviction slot: with one
+/// slot, the node's other pods still go while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_waiting_on_its_budget_does_not_starve_the_others() {
+    let sim = Sim::toml(
+        r#"
+        [timings]
+        replacement_delay = 1
+        ready_delay = 1
+        termination = 1
+        [[nodes]]
+        name = "worker-1"
+        [[deployments]]
+        namespace = "shop"
+        name = "blocked"
+        replicas = 1
+        [[deployments]]
+        namespace = "shop"
+        name = "zfree"
+        replicas = 2
+        [[pdbs]]
+        namespace = "shop"
+        name = "blocked"
+        selector = { app = "blocked" }
+        min_available = 1
+        "#,
+    )
+    .await;
+    sim.engine.cordon("worker-1", &tester()).await.unwrap();
+    let one_slot = DrainOptions {
+        concurrency: 1,
+        timeout: Duration::from_secs(4),
+        ..options()
+    };
+    let (result, events) = drain(&sim.engine, "worker-1", one_slot).await;
+    assert_eq!(
+        outcome(&result),
+        DrainOutcome::TimedOut,
+        "{}",
+        result.message
     );
     assert!(
-        sim.engine
-            .cordon("worker-3")
-            .await
-            .unwrap()
-            .was_unschedulable
+        result.message.contains("shop/blocked"),
+        "{}",
+        result.message
     );
-    assert!(sim.engine.uncordon("worker-3").await.unwrap());
-    assert!(!sim.engine.uncordon("worker-3").await.unwrap());
+    let left = sim.names_on("worker-1");
+    assert!(
+        left.iter().all(|n| n.starts_with("blocked-")),
+        "the free pods went while the blocked one waited: {left:?}"
+    );
+    assert_eq!(gone_uids(&events).len(), 2);
+    sim.assert_no_violations();
+    sim.sim.shutdown().await;
+}
+
+/// With skip_wait_for_delete_timeout, a pod stuck terminating no longer
+/// holds the drain (kubectl's flag of that name); without it, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_stuck_terminating_is_given_up_on_only_when_asked() {
+    let scenario = r#"
+        [timings]
+        termination = 600
+        [[nodes]]
+        name = "worker-1"
+        [[nodes]]
+        name = "worker-2"
+        [[deployments]]
+        namespace = "shop"
+        name = "slow"
+        replicas = 1
+        grace_period = 600
+        node_selector = { "kubernetes.io/hostname" = "worker-1" }
+        "#;
+    let waiting = DrainOptions {
+        timeout: Duration::from_secs(3),
+        ..options()
+    };
+    let sim = Sim::toml(scenario).await;
+    sim.engine.cordon("worker-1", &tester()).await.unwrap();
+    let (result, _) = drain(&sim.engine, "worker-1", waiting.clone()).await;
+    assert_eq!(
+        outcome(&result),
+        DrainOutcome::TimedOut,
+        "{}",
+        result.message
+    );
+    assert!(result.message.contains("terminating"), "{}", result.message);
+    sim.sim.shutdown().await;
+
+    let sim = Sim::toml(scenario).await;
+    sim.engine.cordon("worker-1", &tester()).await.unwrap();
+    let skipping = DrainOptions {
+        skip_wait_for_delete_timeout: Some(Duration::from_secs(1)),
+        ..waiting
+    };
+    let (result, _) = drain(&sim.engine, "worker-1", skipping).await;
+    assert_eq!(
+        outcome(&result),
+        DrainOutcome::Drained,
+        "{}",
+        result.message
+    );
+    assert!(
+        !sim.names_on("worker-1").is_empty(),
+        "the pod is still terminating; the drain just stopped waiting for it"
+    );
     sim.sim.shutdown().await;
 }

@@ -42,6 +42,7 @@ pub mod controllers;
 pub mod error;
 pub mod kinds;
 pub mod kubelet;
+pub mod longhorn;
 pub mod scenario;
 pub mod selector;
 pub mod server;
@@ -50,5 +51,6 @@ pub mod time;
 
 pub use api::faults::Faults;
 pub use cluster::{Stats, Violation};
+pub use longhorn::LonghornViolation;
 pub use scenario::{Scenario, ScenarioError};
 pub use server::{KubeSim, KubeconfigError, Running, StartError};

@@ -694,6 +694,7 @@ async fn injected_faults_then_recovery() {
     sim.inject_faults(&k3sfleet_kubesim::Faults {
         latency_ms: 300,
         errors_for_seconds: 0.0,
+        ..Default::default()
     });
     let started = std::time::Instant::now();
     assert_eq!(get(&client, "/api/v1/nodes").await.status, 200);
@@ -814,4 +815,115 @@ async fn unobserved_pdb_answers_429_retry_after() {
     let reply = post_json(&client, &path, &eviction(&pod, "app", "policy/v1")).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
     sim.shutdown().await;
+}
+
+/// What the real API server does with a budget when it admits an eviction
+/// (found by tests/tests/real_differential.rs): it takes the disruption and
+/// records the pod in `disruptedPods` before deleting anything, and marks
+/// the pod with a DisruptionTarget condition; an eviction that then fails
+/// its UID precondition (409, eviction.go's own message) leaves the budget
+/// spent until the pod starts terminating or two minutes pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admitted_eviction_spends_the_budget_first_even_when_its_precondition_then_fails() {
+    let sim = start(&scenario(
+        r#"
+        [timings]
+        replacement_delay = 0
+        ready_delay = 1
+        termination = 1
+        [[nodes]]
+        name = "node-a"
+        [[deployments]]
+        namespace = "app"
+        name = "web"
+        replicas = 3
+        [[pdbs]]
+        namespace = "app"
+        name = "web"
+        selector = { app = "web" }
+        max_unavailable = 1
+        "#,
+    ))
+    .await;
+    let client = client(&sim);
+    let pods: Vec<(String, String)> = sim.inspect(|c| {
+        c.pods
+            .in_namespace("app")
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap(),
+                    p.metadata.uid.clone().unwrap(),
+                )
+            })
+            .collect()
+    });
+    let budget = |sim: &k3sfleet_kubesim::Running| {
+        sim.inspect(|c| c.pdbs.get("app", "web").unwrap().status.clone().unwrap())
+    };
+    let path = |name: &str| format!("/api/v1/namespaces/app/pods/{name}/eviction");
+    let with_uid = |name: &str, uid: &str| {
+        let mut body = eviction(name, "app", "policy/v1");
+        body["deleteOptions"] = json!({"preconditions": {"uid": uid}});
+        body
+    };
+    let ((a, a_uid), (b, b_uid), (c, _)) = (&pods[0], &pods[1], &pods[2]);
+
+    // A dry run takes nothing.
+    let mut dry = eviction(a, "app", "policy/v1");
+    dry["deleteOptions"] = json!({"dryRun": ["All"]});
+    assert_eq!(post_json(&client, &path(a), &dry).await.status, 201);
+    assert_eq!(budget(&sim).disruptions_allowed, 1);
+
+    // Admitted: the budget records the pod; the pod is marked, then deleted.
+    assert_eq!(
+        post_json(&client, &path(a), &with_uid(a, a_uid))
+            .await
+            .status,
+        201
+    );
+    let status = budget(&sim);
+    assert_eq!(status.disruptions_allowed, 0);
+    let evicted = sim
+        .inspect(|c| c.pods.get("app", a).map(|p| (**p).clone()))
+        .unwrap();
+    assert!(evicted.metadata.deletion_timestamp.is_some());
+    let target = evicted
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .expect("a DisruptionTarget condition");
+    assert_eq!(
+        (target.status.as_str(), target.reason.as_deref()),
+        ("True", Some("EvictionByEvictionAPI"))
+    );
+    wait_until("the budget to allow one again", || async {
+        let status = budget(&sim);
+        status.disruptions_allowed == 1 && status.disrupted_pods.is_none()
+    })
+    .await;
+
+    // A UID precondition of another pod: 409 with eviction.go's message, and
+    // the budget spent on this pod, which stays.
+    let reply = post_json(&client, &path(b), &with_uid(b, "not-the-uid")).await;
+    assert_eq!(reply.status, 409);
+    assert_eq!(
+        reply.body["message"],
+        format!(
+            "Operation cannot be fulfilled on Pod \"{b}\": the UID in the precondition (not-the-uid) \
+             does not match the UID in record ({b_uid}). The object might have been deleted and then recreated"
+        )
+    );
+    assert_eq!(reply.body["details"]["kind"], "Pod");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = budget(&sim);
+    assert_eq!((status.current_healthy, status.disruptions_allowed), (2, 0));
+    assert!(status.disrupted_pods.unwrap().contains_key(b));
+    // The controller keeps counting it as disrupted: the budget refuses another.
+    let reply = post_json(&client, &path(c), &eviction(c, "app", "policy/v1")).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(sim.stats().pdb_violations, 0);
+    assert_eq!(sim.stats().evictions_accepted, 1);
 }

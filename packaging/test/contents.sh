@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the built packages contain and declare, without installing them:
-#   - each .deb and .rpm holds its binaries, unit, config and docs at the
-#     expected paths, and the config is a dpkg conffile / rpm %config(noreplace);
+#   - each .deb and .rpm holds its binaries, unit, config and docs (and the
+#     coordinator's ClusterRole) at the expected paths, and the config is a
+#     dpkg conffile / rpm %config(noreplace);
 #   - maintainer scripts and rpm scriptlets are present and do what they say;
 #   - the glibc the binaries need is no newer than the packages declare
 #     (libc6 (>= 2.34), glibc 2.34: Debian 12, Ubuntu 22.04, RHEL/Rocky/Alma 9).
@@ -18,6 +19,7 @@ declared_glibc=2.34
 fail() { echo "FAIL: $*" >&2; exit 1; }
 has_line() { grep -qxF -- "$2" <<<"$1" || fail "$3: missing $2"; }
 one() {
+    # shellcheck disable=SC2206 # $1 is a glob
     local matches=("$dir"/$1)
     [[ ${#matches[@]} -eq 1 && -f ${matches[0]} ]] || fail "expected one $1 in $dir"
     echo "${matches[0]}"
@@ -40,7 +42,7 @@ for path in /usr/bin/k3sfleet-coordinator /usr/bin/k3sfleet /lib/systemd/system/
     /usr/share/man/man1/k3sfleet.1.gz /usr/share/man/man1/k3sfleet-drain.1.gz \
     /usr/share/bash-completion/completions/k3sfleet /usr/share/zsh/vendor-completions/_k3sfleet \
     /usr/share/fish/vendor_completions.d/k3sfleet.fish /usr/share/k3sfleet/monitoring/k3sfleet-alerts.yml \
-    /usr/share/k3sfleet/monitoring/k3sfleet-fleet.json; do
+    /usr/share/k3sfleet/monitoring/k3sfleet-fleet.json /usr/share/k3sfleet/kubernetes/coordinator-rbac.yaml; do
     has_line "$files" "$path" "$coordinator_deb"
 done
 for pair in "$agent_deb:agent" "$coordinator_deb:coordinator"; do
@@ -67,7 +69,8 @@ has_line "$files" "cn /etc/k3sfleet/agent.toml" "$agent_rpm (config noreplace)"
 files=$(rpm_files "$coordinator_rpm")
 for path in " /usr/bin/k3sfleet-coordinator" " /usr/bin/k3sfleet" " /usr/lib/systemd/system/k3sfleet-coordinator.service" \
     " /usr/lib/sysusers.d/k3sfleet-coordinator.conf" "cn /etc/k3sfleet/coordinator.toml" \
-    "d /usr/share/man/man1/k3sfleet-drain.1.gz" " /usr/share/zsh/site-functions/_k3sfleet"; do
+    "d /usr/share/man/man1/k3sfleet-drain.1.gz" " /usr/share/zsh/site-functions/_k3sfleet" \
+    " /usr/share/k3sfleet/kubernetes/coordinator-rbac.yaml"; do
     has_line "$files" "$path" "$coordinator_rpm"
 done
 scripts=$(rpm -qp --scripts "$agent_rpm" 2>/dev/null)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The .deb packages on a booted systemd host: a copy of the cached Debian
 # bookworm root (debian-root.sh) boots under systemd-nspawn with a private
-# network, and this script drives it from outside with nsenter:
+# network, and this script drives it from outside with nsenter (lib/booted.sh):
 #
 #   1. install both packages (revision 1): enabled, not started, told what to do
 #   2. systemd-analyze verify (clean) and security (exposure printed)
@@ -22,81 +22,20 @@ set -euo pipefail
 rev1="$(cd "$1" && pwd)"
 rev2="$(cd "$2" && pwd)"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-base="$("$here/debian-root.sh")"
-
-work="$(mktemp -d /var/tmp/k3sfleet-nspawn.XXXXXX)"
-root="$work/root"
-nspawn_pid=""
-leader=""
-
-step() { printf '\n== %s\n' "$*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-# Runs a command inside the booted container, with a clean environment.
-ct() {
-    nsenter -t "$leader" -a /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root "$@"
-}
+# shellcheck source=packaging/test/lib/booted.sh
+source "$here/lib/booted.sh"
 
 diagnose() {
-    [[ -n $leader ]] || return 0
-    echo "---- diagnostics" >&2
-    ct systemctl --no-pager status k3sfleet-coordinator.service k3sfleet-agent.service >&2 || true
-    ct journalctl --no-pager -n 60 -u k3sfleet-coordinator.service -u k3sfleet-agent.service >&2 || true
+    ct systemctl --no-pager status k3sfleet-coordinator.service k3sfleet-agent.service || true
+    ct journalctl --no-pager -n 60 -u k3sfleet-coordinator.service -u k3sfleet-agent.service || true
 }
 
-cleanup() {
-    local status=$?
-    ((status == 0)) || diagnose
-    if [[ -n $nspawn_pid ]] && kill -0 "$nspawn_pid" 2>/dev/null; then
-        # nspawn turns SIGTERM into an orderly shutdown of the container.
-        kill -TERM "$nspawn_pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$nspawn_pid" 2>/dev/null || true
-        wait "$nspawn_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-    exit "$status"
-}
-trap cleanup EXIT
-
-# Polls `condition` (a command) every half second until it succeeds.
-wait_for() {
-    local what="$1" seconds="$2"
-    shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || fail "timed out after ${seconds}s waiting for $what"
-        sleep 0.5
-    done
-}
-
-unit_property() { ct systemctl show -P "$2" "$1"; }
-
-step "boot a copy of $base"
-cp -a --reflink=auto "$base" "$root"
+step "boot a copy of the Debian root"
+booted_init
 mkdir -p "$root/root/rev1" "$root/root/rev2"
 cp "$rev1"/*.deb "$root/root/rev1/"
 cp "$rev2"/*.deb "$root/root/rev2/"
-systemd-nspawn -D "$root" --register=no --keep-unit -b --private-network --console=passive \
-    --machine="k3sfleet-test-$$" >"$work/boot.log" 2>&1 &
-nspawn_pid=$!
-
-# The container's PID 1 (systemd) is nspawn's child.
-find_leader() {
-    local pid
-    for pid in $(pgrep -P "$nspawn_pid"); do
-        if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == systemd ]]; then
-            leader=$pid
-            return 0
-        fi
-    done
-    return 1
-}
-wait_for "the container's systemd" 60 find_leader
-find_leader
-state=$(ct timeout 120 systemctl is-system-running --wait || true)
-[[ $state == running || $state == degraded ]] || fail "the container did not boot: $state ($(cat "$work/boot.log"))"
-echo "booted: $state (leader pid $leader)"
+boot
 
 step "install revision 1: enabled, not started without credentials"
 install_log=$(ct sh -c 'dpkg -i /root/rev1/k3sfleet-coordinator_*.deb /root/rev1/k3sfleet-agent_*.deb 2>&1' </dev/null)
@@ -174,6 +113,7 @@ echo "agent ready: $status_text"
 rw_etc_mounts() {
     local pid
     pid=$(unit_property "$1.service" MainPID)
+    # shellcheck disable=SC2016 # awk's fields
     ct awk '$5 ~ /^\/etc/ && $6 ~ /^rw/ { print $5 }' "/proc/$pid/mountinfo"
 }
 # The agent: its credentials, and modules-load.d for Longhorn remediation.
@@ -189,9 +129,6 @@ wait_for "the agent's start in the journal" 30 \
     ct sh -c 'journalctl -u k3sfleet-agent.service -t k3sfleet-agent -o cat | grep -q "agent started"'
 ct journalctl -u k3sfleet-coordinator.service -t k3sfleet-coordinator -o cat | grep -q . \
     || fail "no coordinator log lines in the journal"
-node_connected() {
-    ct k3sfleet nodes -o json | jq -e '.nodes[] | select(.name == "node-1" and .connectivity == "CONNECTIVITY_CONNECTED")'
-}
 wait_for "node-1 to show as connected" 60 node_connected
 echo "node-1 connected"
 metrics=$(nsenter -t "$leader" -n curl -fsS --max-time 10 http://127.0.0.1:9464/metrics)
@@ -221,6 +158,7 @@ for unit in k3sfleet-coordinator k3sfleet-agent; do
 done
 ct sh -c 'dpkg -i /root/rev2/k3sfleet-coordinator_*.deb /root/rev2/k3sfleet-agent_*.deb' </dev/null
 for unit in k3sfleet-coordinator k3sfleet-agent; do
+    # shellcheck disable=SC2016 # dpkg-query's format
     [[ $(ct dpkg-query -W -f='${Version}' "$unit") == *-2 ]] || fail "$unit was not upgraded"
     [[ $(ct systemctl is-active "$unit") == active ]] || fail "$unit is not active after the upgrade"
     [[ $(unit_property "$unit.service" InvocationID) != "${invocation[$unit]}" ]] || fail "$unit was not restarted"

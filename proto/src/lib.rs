@@ -8,10 +8,13 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/k3sfleet.v1.serde.rs"));
 }
 
-mod release;
+mod codec;
 mod version;
 
-pub use release::is_release_tag;
+pub use codec::CompactCodec;
+
+/// The one rule for a K3s release tag, shared with signed release manifests.
+pub use k3sfleet_release::is_release_tag;
 pub use version::{PROTOCOL, ProtocolMismatch, negotiate};
 
 /// Encoded `FileDescriptorSet` of every k3sfleet.v1 file, for tonic-reflection.

@@ -53,9 +53,50 @@ pub fn unavailable_reason() -> Option<String> {
     }
 }
 
+/// Removes what labs of processes that are gone left behind: a process
+/// killed outright (SIGKILL, a test runner's timeout) runs no destructor, so
+/// its namespaces stay, and every process still inside them (agents, a real
+/// cluster's etcd members and API servers) keeps running. Each lab's
+/// namespaces are named after the process that made it (`k3sf<pid>-...`):
+/// those of a dead pid are emptied (SIGKILL to what runs in them) and
+/// deleted. Labs of live processes are left alone.
+pub fn sweep_orphans() {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(owner) = name
+            .strip_prefix("k3sf")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = ip(&["netns", "del", name]);
+    }
+}
+
 impl NetLab {
     /// Creates the switch; hosts are added with [`NetLab::add_host`].
+    /// Sweeps up after labs whose process died first ([`sweep_orphans`]).
     pub fn create() -> anyhow::Result<NetLab> {
+        sweep_orphans();
         let prefix = format!(
             "k3sf{}-{}",
             std::process::id(),

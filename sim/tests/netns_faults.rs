@@ -4,7 +4,7 @@
 //! drops packets silently, as when a host falls off the network.
 //!
 //! Needs root (network namespaces) and the binaries built (`cargo build
-//! --bins`); skips with a message otherwise.
+//! --bins`); is recorded as skipped otherwise (k3sfleet_sim::skip).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,8 +19,7 @@ const WAIT: Duration = Duration::from_secs(120);
 #[test]
 fn hosts_cut_off_go_unreachable_and_come_back_and_a_cut_off_coordinator_loses_then_regains_everyone()
  {
-    if let Some(reason) = unavailable_reason() {
-        eprintln!("skipping: {reason}");
+    if !k3sfleet_sim::skip::runnable(unavailable_reason()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

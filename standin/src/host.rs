@@ -328,6 +328,10 @@ pub struct HostToml {
     pub statfs_timeout: &'static str,
     /// Servers: where the stand-in kubelet answers etcd's /health.
     pub etcd_health_url: Option<String>,
+    /// `host.k3s.http_mirrors`: the stand-in mirrors are plain http.
+    pub http_mirrors: Vec<String>,
+    /// `host.k3s.trusted_keys`: minisign public keys.
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for HostToml {
@@ -341,6 +345,8 @@ impl Default for HostToml {
             disk_free_error_ratio: 0.0,
             statfs_timeout: "5s",
             etcd_health_url: None,
+            http_mirrors: Vec::new(),
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -351,7 +357,7 @@ impl HostToml {
         format!(
             "[host]\nroot = {root}\ncheck_interval = \"{}\"\ntool_timeout = \"{}\"\n\n\
              [host.tools]\nsystemctl = {}\ntailscale = {}\nsmartctl = {}\ndpkg_query = {}\nrpm = {}\nmodprobe = {}\nchcon = {}\n\n\
-             [host.k3s]\nhealth_timeout = \"{}\"\ndownload_stall_timeout = \"{}\"\n\n\
+             [host.k3s]\nhealth_timeout = \"{}\"\ndownload_stall_timeout = \"{}\"\nhttp_mirrors = {:?}\ntrusted_keys = {:?}\n\n\
              [host.disks]\nfree_warning_ratio = {:?}\nfree_error_ratio = {:?}\nstatfs_timeout = \"{}\"\n",
             self.check_interval,
             self.tool_timeout,
@@ -364,6 +370,8 @@ impl HostToml {
             tool("chcon"),
             self.k3s_health_timeout,
             self.k3s_download_stall_timeout,
+            self.http_mirrors,
+            self.trusted_keys,
             self.disk_free_warning_ratio,
             self.disk_free_error_ratio,
             self.statfs_timeout,

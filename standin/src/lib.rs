@@ -18,13 +18,15 @@
 //! header comment for its files). [`k3s_binary`] and [`write_release`] make
 //! K3s "releases" (shell scripts that answer `--version` with their version)
 //! laid out like the real ones, and [`Mirror`] serves them over HTTP with
-//! injectable slowness and failures.
+//! injectable slowness and failures. [`real`] is the real test tier's K3s:
+//! etcd, the upstream control plane and KWOK, driven by the same script.
 
 mod host;
 mod k3s;
 pub mod kubelet;
 mod mirror;
+pub mod real;
 
 pub use host::{Distro, HostToml, StandinHost};
-pub use k3s::{K3sBehaviour, arch_assets, k3s_binary, write_release};
+pub use k3s::{K3sBehaviour, arch_assets, k3s_binary, k3s_unit, write_release};
 pub use mirror::{Mirror, MirrorBehaviour};

@@ -5,10 +5,14 @@
 //! Binaries are taken from the cargo target directory this test binary lives
 //! in; `scripts/test.sh` builds them before running the tests.
 
+pub mod differential;
+pub mod monitoring;
 pub mod pki;
 pub mod process;
+pub mod real;
 pub mod rollout;
 pub mod small_disk;
+pub mod tailnet;
 pub mod wait;
 
 pub use pki::TestPki;

@@ -14,7 +14,7 @@ use k3sfleet_standin::{
     Distro, HostToml, K3sBehaviour, Mirror, MirrorBehaviour, StandinHost, k3s_binary, write_release,
 };
 use k3sfleet_tests::process::{AgentHome, AgentSpec, free_port};
-use k3sfleet_tests::{AgentProcess, Cli, CoordinatorProcess, TestPki, wait_until};
+use k3sfleet_tests::{AgentProcess, Cli, CoordinatorProcess, TestPki, bin, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const OLD: &str = "v1.31.4+k3s1";
@@ -31,6 +31,10 @@ struct Site {
     coordinator: CoordinatorProcess,
     cli: Cli,
     runtime: tokio::runtime::Runtime,
+    /// The stand-in mirrors (plain http), allowed in the config of agents started after them.
+    http_mirrors: std::sync::Mutex<Vec<String>>,
+    /// Release signing keys trusted by agents started after they are set.
+    trusted_keys: std::sync::Mutex<Vec<String>>,
 }
 
 impl Site {
@@ -57,6 +61,8 @@ impl Site {
             coordinator,
             cli,
             runtime,
+            http_mirrors: Default::default(),
+            trusted_keys: Default::default(),
         }
     }
 
@@ -80,7 +86,15 @@ impl Site {
         assert!(text.contains(&bare), "unexpected agent config:\n{text}");
         std::fs::write(
             &home.config,
-            text.replace(&bare, &HostToml::default().render(&host)),
+            text.replace(
+                &bare,
+                &HostToml {
+                    http_mirrors: self.http_mirrors.lock().unwrap().clone(),
+                    trusted_keys: self.trusted_keys.lock().unwrap().clone(),
+                    ..HostToml::default()
+                }
+                .render(&host),
+            ),
         )
         .unwrap();
         let agent = AgentProcess::spawn(home);
@@ -93,7 +107,9 @@ impl Site {
     }
 
     fn mirror(&self, releases: &Path) -> Mirror {
-        self.runtime.block_on(Mirror::start(releases)).unwrap()
+        let mirror = self.runtime.block_on(Mirror::start(releases)).unwrap();
+        self.http_mirrors.lock().unwrap().push(mirror.url());
+        mirror
     }
 
     /// The node's latest health report.
@@ -163,6 +179,62 @@ fn upgrade_streamed_from_the_coordinator_shows_in_the_health_report() {
     let text = output_text(&output);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("saved etcd snapshot pre-upgrade-"), "{text}");
+}
+
+#[test]
+fn with_trusted_keys_the_coordinators_artifacts_install_only_once_signed_by_the_cli() {
+    let site = Site::start();
+    // The operator's key, made and used by the real CLI (no password: a test).
+    let key = site.dir.path().join("release");
+    let made = Command::new(bin("k3sfleet"))
+        .args(["release", "keygen", "--no-password", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", output_text(&made));
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let line = public.lines().nth(1).unwrap().to_string();
+    site.trusted_keys.lock().unwrap().push(line);
+    let (_agent, host) = site.agent("server-1", "server", "300ms", |host| {
+        host.install_k3s(&healthy(OLD)).unwrap();
+        host.set_unit("k3s.service", "active").unwrap();
+    });
+    let install = || {
+        site.cli.run(&[
+            "k3s",
+            "install",
+            "server-1",
+            "--version",
+            NEW,
+            "--from-coordinator",
+        ])
+    };
+
+    let refused = install();
+    let text = output_text(&refused);
+    assert!(!refused.status.success(), "{text}");
+    assert!(
+        text.contains("refusing v1.31.5+k3s1: this host installs only signed releases"),
+        "{text}"
+    );
+    assert_eq!(host.k3s().unwrap(), healthy(OLD));
+
+    let signed = Command::new(bin("k3sfleet"))
+        .args(["release", "sign", "--version", NEW, "--key"])
+        .arg(key.with_extension("key"))
+        .arg("--from")
+        .arg(site.dir.path().join("artifacts").join(NEW))
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{}", output_text(&signed));
+    let output = install();
+    let text = output_text(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("matches the release manifest signed by key"),
+        "{text}"
+    );
+    assert_eq!(host.k3s().unwrap(), healthy(NEW));
 }
 
 #[test]
@@ -317,7 +389,7 @@ fn a_check_changing_state_is_reported_at_once_and_remediation_fixes_it() {
     let text = output_text(&output);
     assert!(output.status.success(), "{text}");
     assert!(
-        text.contains("succeeded: enabled and started iscsid.service"),
+        text.contains("succeeded: enabled and started iscsid.socket"),
         "{text}"
     );
     wait_until("the fix to be reported", TIMEOUT, || {
@@ -382,6 +454,9 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         "k3sfleet_disk_info{device=\"/dev/sdb1\",fs_type=\"xfs\",mount_point=\"/var/lib/longhorn\",path=\"/var/lib/longhorn\"} 1",
         "k3sfleet_tailscale_backend_state{state=\"NeedsLogin\"} 1",
         "# TYPE k3sfleet_host_memory_total_bytes gauge",
+        // No trusted keys in this agent's config: releases are not verified.
+        "k3sfleet_k3s_releases_verified 0",
+        "k3sfleet_check_status{check=\"k3s.releases\",status=\"ok\"} 1",
     ] {
         assert!(
             exposition.contains(expected),

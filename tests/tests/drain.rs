@@ -221,7 +221,15 @@ fn a_dry_run_changes_nothing_and_a_timed_out_drain_exits_2() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("  PDB shop/web blocks now (4 healthy, needs 4, allows 0): shop/web-"),
+        stdout.contains(
+            "  PDB shop/web will never allow it (4 healthy, needs 4, allows 0): shop/web-"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "PDB shop/web wants 4 of its 4 pods healthy, so it never allows a disruption"
+        ),
         "{stdout}"
     );
     assert!(

@@ -117,8 +117,22 @@ fn an_agent_enrolls_with_a_token_and_joins_the_fleet() {
         0o600
     );
 
-    // Enrolling again with the same token and name is safe and uses no second use.
-    site.enroll_ok(&home, &token);
+    // Enrolling again while that certificate is live is refused: a leaked
+    // token must not take over a node's identity (and its session).
+    let cert_before = std::fs::read(&home.tls.cert).unwrap();
+    let again = site.enroll(&home, &token, &site.pki.fingerprint());
+    assert!(!again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already holds a live certificate")
+            && stderr(&again).contains("k3sfleet cert revoke worker-01 --role agent"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read(&home.tls.cert).unwrap(),
+        cert_before,
+        "the files changed"
+    );
     assert_eq!(token_info(&site, 0)["usesLeft"], 1);
     assert_eq!(
         token_info(&site, 0)["enrolledNames"],
@@ -361,15 +375,16 @@ fn certificates_renew_themselves_and_the_node_stays() {
     wait_until("worker-01 to connect", TIMEOUT, || {
         site.connected("worker-01")
     });
-    wait_until("the certificate to be renewed", TIMEOUT, || {
+    // The coordinator records the renewal before the agent has the answer and
+    // writes it: the file on disk is what says the agent has renewed.
+    wait_until("the certificate file to be replaced", TIMEOUT, || {
+        std::fs::read(&home.tls.cert).unwrap() != first
+    });
+    assert!(
         site.admin
             .ok(&["cert", "list", "--name", "worker-01"])
-            .contains("renewal")
-    });
-    assert_ne!(
-        std::fs::read(&home.tls.cert).unwrap(),
-        first,
-        "the certificate file was replaced"
+            .contains("renewal"),
+        "the coordinator lists the renewal"
     );
     // Past the first certificate's end the node is still there, on the new one.
     std::thread::sleep(Duration::from_secs(2));

@@ -171,7 +171,7 @@ async fn a_bad_binary_pauses_the_rollout_rolls_the_node_back_and_retry_finishes_
             ready_again,
         )
     });
-    assert_eq!(lab.kubesim.stats().pdb_violations, 0);
+    assert_eq!(lab.kubesim().stats().pdb_violations, 0);
 
     // The operator fixes the release and retries the node.
     write_release(

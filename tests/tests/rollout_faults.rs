@@ -4,7 +4,8 @@
 //! killed process. Every test ends by asking the simulated API server whether
 //! a budget was broken or a node left cordoned.
 //!
-//! Needs root (namespaces, tmpfs); skips with the reason otherwise.
+//! Needs root (namespaces, tmpfs); recorded as skipped, with the reason,
+//! otherwise (k3sfleet_sim::skip).
 
 use std::time::{Duration, Instant};
 
@@ -23,15 +24,15 @@ use serde_json::Value;
 
 const FROM: &str = "v1.31.4+k3s1";
 const TO: &str = "v1.31.5+k3s1";
-/// Longer than the 20 s HTTP/2 keepalive timeout on both ends: by the time
+/// Longer than either side waits on a silent session (20 s: the agent's
+/// HTTP/2 keepalive timeout, the coordinator's fleet::silence_limit): by the time
 /// the cable is back, each side has given the other up.
 const LONGER_THAN_LIVENESS: Duration = Duration::from_secs(25);
 
 /// A small lab with a namespace per host, or `None` (and why) when this
 /// machine cannot make namespaces.
 async fn netns_lab(dir: &tempfile::TempDir, tune: impl FnOnce(&mut LabSpec)) -> Option<Lab> {
-    if let Some(reason) = unavailable_reason() {
-        eprintln!("skipping: {reason}");
+    if !k3sfleet_sim::skip::runnable(unavailable_reason()) {
         return None;
     }
     let mut spec = LabSpec::small().unwrap();
@@ -81,7 +82,7 @@ fn connectivity(lab: &Lab, node: &str) -> String {
 
 /// Whether the simulated cluster still sees `node` Ready (its kubelet's heartbeats).
 fn ready_in_cluster(lab: &Lab, node: &str) -> bool {
-    lab.kubesim.inspect(|cluster| {
+    lab.kubesim().inspect(|cluster| {
         cluster
             .nodes
             .iter()
@@ -332,20 +333,21 @@ async fn a_cluster_answering_slowly_and_with_500s_for_a_while_delays_the_rollout
                 .all(|n| n["step"] == "done")
         },
     );
-    lab.kubesim.inject_faults(&Faults {
+    lab.kubesim().inject_faults(&Faults {
         latency_ms: 300,
         errors_for_seconds: 15.0,
+        ..Default::default()
     });
     tokio::time::sleep(Duration::from_secs(15)).await;
     let status = lab.rollout().unwrap();
     assert_eq!(phase(&status), "running", "{status:#}");
     // Slow for the rest of the rollout.
-    lab.kubesim.inject_faults(&Faults {
+    lab.kubesim().inject_faults(&Faults {
         latency_ms: 300,
-        errors_for_seconds: 0.0,
+        ..Default::default()
     });
     assert_completes_clean(&lab, TO);
-    lab.kubesim.clear_faults();
+    lab.kubesim().clear_faults();
     lab.shutdown().await;
 }
 

@@ -1,5 +1,8 @@
 //! Threats that span every RPC and every log: a reader trying each mutating
-//! call, and secrets leaking into any log output of a whole enrollment story.
+//! call, an anonymous caller trying everything but enrollment and health, an
+//! oversized message, and secrets leaking into any log output of a whole
+//! enrollment story. (Signed releases: agent/tests/signed_releases.rs and
+//! release_signing.rs; token takeover of a live node: enrollment.rs.)
 
 use std::process::Command;
 use std::time::Duration;
@@ -200,4 +203,95 @@ fn no_token_or_key_material_reaches_any_log() {
         "{everything}"
     );
     assert!(everything.contains("enrollment.succeeded"), "{everything}");
+}
+
+/// Every path an anonymous caller (TLS without a client certificate) may not call.
+fn closed_to_anonymous() -> Vec<&'static str> {
+    AUTHORIZATION
+        .iter()
+        .filter(|(_, allow)| !matches!(allow, Allow::Anyone))
+        .map(|(path, _)| *path)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anonymous_caller_reaches_only_enrollment_health_and_reflection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(&dir.path().join("pki"));
+    let coordinator = CoordinatorProcess::start(dir.path(), &pki, "");
+    let channel = k3sfleet_pki::dial(
+        &DialTarget::new(coordinator.addr.to_string()),
+        pki.client_tls(None),
+    )
+    .await
+    .unwrap();
+    let open: Vec<_> = AUTHORIZATION
+        .iter()
+        .filter(|(_, allow)| matches!(allow, Allow::Anyone))
+        .map(|(path, _)| *path)
+        .collect();
+    for path in &open {
+        assert!(
+            path.starts_with("/k3sfleet.v1.EnrollmentService/")
+                || path.starts_with("/grpc.health.v1.Health/")
+                || path.starts_with("/grpc.reflection."),
+            "{path} is open to anonymous callers"
+        );
+    }
+    let closed = closed_to_anonymous();
+    assert!(closed.len() >= 10, "{closed:?}");
+    for path in closed {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(path);
+        let status = grpc
+            .streaming(
+                tonic::Request::new(tokio_stream::iter([()])),
+                path.clone(),
+                EmptyCodec,
+            )
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{path} was allowed for an anonymous caller"));
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ),
+            "{path}: {status}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_message_is_refused_and_the_coordinator_keeps_serving() {
+    use k3sfleet_proto::v1::EnrollRequest;
+    use k3sfleet_proto::v1::enrollment_service_client::EnrollmentServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(&dir.path().join("pki"));
+    let coordinator = CoordinatorProcess::start(dir.path(), &pki, "");
+    let channel = k3sfleet_pki::dial(
+        &DialTarget::new(coordinator.addr.to_string()),
+        pki.client_tls(None),
+    )
+    .await
+    .unwrap();
+    let mut client =
+        EnrollmentServiceClient::new(channel.clone()).max_encoding_message_size(64 * 1024 * 1024);
+    let huge = EnrollRequest {
+        csr_pem: "A".repeat(8 * 1024 * 1024),
+        ..Default::default()
+    };
+    let status = client.enroll(huge).await.unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "an 8 MiB message: {status}"
+    );
+    // A small (bad) request afterwards gets its ordinary answer.
+    let status = client.enroll(EnrollRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
 }

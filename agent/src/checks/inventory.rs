@@ -33,6 +33,12 @@ pub struct Inventory {
     /// Installed or not, per package of the family; or why the package
     /// database could not be asked.
     pub packages: Result<BTreeMap<String, bool>, String>,
+    /// The container manager, when the host is a container (its kernel,
+    /// modules and kernel config belong to the machine it runs on).
+    pub container: Option<String>,
+    /// Whether /proc/modules could be read (a kernel without loadable
+    /// modules has none).
+    pub modules_listed: bool,
     /// Modules in /proc/modules.
     pub loaded_modules: BTreeSet<String>,
     /// Modules built into the kernel (modules.builtin).
@@ -59,6 +65,8 @@ impl Default for Inventory {
             kernel_version: String::new(),
             units: Ok(BTreeMap::new()),
             packages: Ok(BTreeMap::new()),
+            container: None,
+            modules_listed: true,
             loaded_modules: BTreeSet::new(),
             builtin_modules: BTreeSet::new(),
             kernel_config: None,
@@ -110,13 +118,16 @@ pub async fn gather(root: &HostRoot, tools: &HostTools, facts: &HostFacts) -> In
                 .collect::<BTreeMap<_, _>>()
         })
         .map_err(|err| display_error(&err));
+    let proc_modules = read("/proc/modules");
     Inventory {
         family,
         os_id: facts.os_id.clone(),
         kernel_version: kernel.clone(),
         units,
         packages,
-        loaded_modules: read("/proc/modules")
+        container: facts.container.clone(),
+        modules_listed: proc_modules.is_some(),
+        loaded_modules: proc_modules
             .map(|text| {
                 text.lines()
                     .filter_map(|l| l.split_whitespace().next())

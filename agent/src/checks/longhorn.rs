@@ -48,7 +48,7 @@ fn iscsid(inv: &Inventory) -> CheckResult {
             Health::Error,
             format!(
                 "neither iscsid.service nor iscsid.socket is active; Longhorn attaches volumes over iSCSI. \
-                 Install {} if needed, then run `systemctl enable --now iscsid` (or `k3sfleet-agent check --fix-iscsid`)",
+                 Install {} if needed, then run `systemctl enable --now iscsid.socket` (or `k3sfleet-agent check --fix-iscsid`)",
                 inv.family.iscsi_package()
             ),
         ),
@@ -132,6 +132,13 @@ fn modules(inv: &Inventory) -> CheckResult {
             format!("loaded: {}", REQUIRED_MODULES.join(", ")),
         );
     }
+    if let Some(caveat) = module_caveat(inv) {
+        return check(
+            ID,
+            Health::Warning,
+            format!("{} not seen loaded; {caveat}", missing.join(", ")),
+        );
+    }
     // longhornctl treats a missing iscsi_tcp as fatal on the RHEL family,
     // where iscsid does not load it by itself.
     let status = if inv.family == Family::Rhel && missing.contains(&"iscsi_tcp") {
@@ -150,14 +157,44 @@ fn modules(inv: &Inventory) -> CheckResult {
     )
 }
 
+/// Why "load it with modprobe" would be wrong advice here, if it would: a
+/// container shares the kernel of the machine it runs on and cannot load
+/// modules into it; without /proc/modules nothing says what is loaded.
+pub fn module_caveat(inv: &Inventory) -> Option<String> {
+    match (&inv.container, inv.modules_listed) {
+        (Some(container), true) => Some(format!(
+            "this host is a container ({container}): kernel modules belong to the kernel of the \
+             machine it runs on and cannot be loaded from inside; load them there"
+        )),
+        (Some(container), false) => Some(format!(
+            "this host is a container ({container}) and its kernel lists no modules (no \
+             /proc/modules): which ones the kernel of the machine it runs on has cannot be told \
+             from inside; check there"
+        )),
+        (None, false) => Some(
+            "the kernel lists no modules (no /proc/modules: built without loadable modules?) \
+             and does not name them as built in: cannot tell whether it has them"
+                .to_string(),
+        ),
+        (None, true) => None,
+    }
+}
+
 fn nfs_client(inv: &Inventory) -> CheckResult {
     const ID: &str = "longhorn.nfs_client";
     let Some(config) = &inv.kernel_config else {
+        let why = match &inv.container {
+            Some(container) => format!(
+                "this host is a container ({container}), which does not see the /boot of the \
+                 machine it runs on: check there whether the kernel has an NFSv4 client"
+            ),
+            None => "cannot tell whether the kernel has an NFSv4 client".to_string(),
+        };
         return check(
             ID,
             Health::Warning,
             format!(
-                "cannot read /boot/config-{}: cannot tell whether the kernel has an NFSv4 client (RWX volumes need one)",
+                "cannot read /boot/config-{}: {why} (RWX volumes need one)",
                 inv.kernel_version
             ),
         );
@@ -183,8 +220,15 @@ fn nfs_client(inv: &Inventory) -> CheckResult {
             _ => {}
         }
     }
-    match as_module {
-        Some(option) => check(
+    match (as_module, module_caveat(inv)) {
+        (Some(option), Some(caveat)) => check(
+            ID,
+            Health::Warning,
+            format!(
+                "the NFSv4 client is a module ({option}=m) but nfs is not seen loaded; RWX volumes need it; {caveat}"
+            ),
+        ),
+        (Some(option), None) => check(
             ID,
             Health::Warning,
             format!(
@@ -192,7 +236,7 @@ fn nfs_client(inv: &Inventory) -> CheckResult {
                  `modprobe nfs` (or `k3sfleet-agent check --fix-modules`)"
             ),
         ),
-        None => check(
+        (None, _) => check(
             ID,
             Health::Warning,
             "the kernel has no NFSv4 client (CONFIG_NFS_V4*); RWX volumes will not work on this host",
@@ -364,6 +408,15 @@ fn v2_engine(inv: &Inventory) -> Vec<CheckResult> {
             Health::Ok,
             format!("loaded: {}", V2_MODULES.join(", ")),
         )
+    } else if let Some(caveat) = module_caveat(inv) {
+        check(
+            "longhorn.v2.kernel_modules",
+            Health::Warning,
+            format!(
+                "{} not seen loaded (the V2 data engine needs them); {caveat}",
+                missing.join(", ")
+            ),
+        )
     } else {
         check(
             "longhorn.v2.kernel_modules",
@@ -497,6 +550,42 @@ mod tests {
         let (status, message) = status_of(&checks, "longhorn.nfs_client");
         assert_eq!(status, Health::Warning);
         assert!(message.contains("modprobe nfs"), "{message}");
+    }
+
+    #[test]
+    fn in_a_container_module_and_kernel_config_advice_says_what_cannot_be_done_here() {
+        let mut inv = healthy_debian();
+        inv.container = Some("systemd-nspawn".into());
+        inv.modules_listed = false;
+        inv.loaded_modules.clear();
+        inv.kernel_config = None;
+        let checks = run(&on(inv.clone(), "ext4"), &LonghornConfig::default());
+        let (status, message) = status_of(&checks, "longhorn.kernel_modules");
+        assert_eq!(status, Health::Warning);
+        assert!(message.contains("container (systemd-nspawn)"), "{message}");
+        assert!(!message.contains("--fix-modules"), "{message}");
+        let (status, message) = status_of(&checks, "longhorn.nfs_client");
+        assert_eq!(status, Health::Warning);
+        assert!(message.contains("/boot/config-6.1.0-18-amd64"), "{message}");
+        assert!(message.contains("container (systemd-nspawn)"), "{message}");
+        // Modules the host kernel has loaded are seen from inside too.
+        inv.modules_listed = true;
+        inv.loaded_modules = ["dm_crypt", "iscsi_tcp"].map(String::from).into();
+        let checks = run(&on(inv, "ext4"), &LonghornConfig::default());
+        assert_eq!(status_of(&checks, "longhorn.kernel_modules").0, Health::Ok);
+    }
+
+    #[test]
+    fn a_kernel_without_loadable_modules_is_not_told_to_modprobe() {
+        let mut inv = healthy_debian();
+        inv.modules_listed = false;
+        inv.loaded_modules.clear();
+        inv.family = Family::Rhel;
+        let checks = run(&on(inv, "ext4"), &LonghornConfig::default());
+        let (status, message) = status_of(&checks, "longhorn.kernel_modules");
+        assert_eq!(status, Health::Warning);
+        assert!(message.contains("cannot tell"), "{message}");
+        assert!(!message.contains("modprobe"), "{message}");
     }
 
     #[test]

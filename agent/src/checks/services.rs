@@ -80,6 +80,16 @@ pub fn tailscale(state: &TailscaleState, now_unix_ms: i64) -> CheckResult {
             ),
         );
     }
+    // Tailscale itself warns only after 8 minutes without its control
+    // server (a maintenance window); Online says it at once.
+    if !state.online {
+        return check(
+            ID,
+            Health::Warning,
+            "Tailscale is Running but not connected to its control server: peers still reach this node, \
+             but changes to the tailnet do not reach it until the control server answers",
+        );
+    }
     if !state.health.is_empty() {
         return check(
             ID,
@@ -126,10 +136,18 @@ mod tests {
             installed: true,
             backend_state: "Running".into(),
             hostname: "w1".into(),
+            online: true,
             key_expiry_unix_ms: now + 90 * 24 * 3600 * 1000,
             ..Default::default()
         };
         assert_eq!(tailscale(&running, now).status, Health::Ok as i32);
+        let offline = TailscaleState {
+            online: false,
+            ..running.clone()
+        };
+        let c = tailscale(&offline, now);
+        assert_eq!(c.status, Health::Warning as i32);
+        assert!(c.message.contains("control server"), "{}", c.message);
         let soon = TailscaleState {
             key_expiry_unix_ms: now + 3 * 24 * 3600 * 1000,
             ..running.clone()

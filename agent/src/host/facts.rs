@@ -11,6 +11,10 @@ pub struct HostFacts {
     pub boot_id: String,
     /// Kubernetes-style: amd64, arm64, arm, s390x.
     pub arch: String,
+    /// The container manager when the host is a container (`systemd-nspawn`,
+    /// `docker`, `podman`, ...): it shares the kernel of the machine it runs
+    /// on, so kernel modules and the kernel's config are not its own.
+    pub container: Option<String>,
 }
 
 impl HostFacts {
@@ -35,8 +39,25 @@ impl HostFacts {
             kernel_version: read_trimmed("/proc/sys/kernel/osrelease"),
             boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
             arch: kubernetes_arch(std::env::consts::ARCH).to_string(),
+            container: container_manager(root),
         }
     }
+}
+
+/// What systemd-detect-virt --container would say, from the files container
+/// managers leave: systemd writes /run/systemd/container in any container it
+/// boots in (nspawn, docker, lxc ...); podman and docker mark their own.
+fn container_manager(root: &HostRoot) -> Option<String> {
+    let written = std::fs::read_to_string(root.path("/run/systemd/container"))
+        .ok()
+        .map(|text| text.trim().to_string())
+        .filter(|name| !name.is_empty());
+    written.or_else(|| {
+        [("/run/.containerenv", "podman"), ("/.dockerenv", "docker")]
+            .iter()
+            .find(|(marker, _)| root.path(marker).exists())
+            .map(|(_, name)| name.to_string())
+    })
 }
 
 /// One value of an os-release file, unquoted.
@@ -85,6 +106,13 @@ mod tests {
         assert_eq!(facts.os_id_like, ["rhel", "centos", "fedora"]);
         assert_eq!(facts.kernel_version, "5.14.0-427.el9.x86_64");
         assert_eq!(facts.boot_id, "1b2c");
+        assert_eq!(facts.container, None);
+        std::fs::create_dir_all(root.path("/run/systemd")).unwrap();
+        std::fs::write(root.path("/run/systemd/container"), "systemd-nspawn\n").unwrap();
+        assert_eq!(
+            HostFacts::read(&root).container.as_deref(),
+            Some("systemd-nspawn")
+        );
     }
 
     #[test]

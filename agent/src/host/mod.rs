@@ -45,6 +45,8 @@ use crate::k3s::K3sConfig;
 /// snapshot_timeout = "5m"         # k3s etcd-snapshot save
 /// download_stall_timeout = "60s"  # a download with no data for this long fails
 /// # mirror_ca = "/etc/k3sfleet/mirror-ca.pem"  # extra CA for https mirrors
+/// # trusted_keys = ["RWQ..."]      # minisign public keys; set: only signed releases install
+/// # http_mirrors = ["http://mirror.lan/k3s"]     # mirrors allowed over plain http
 ///
 /// [host.disks]
 /// paths = ["/var/lib/rancher", "/var/lib/longhorn"]
@@ -56,6 +58,9 @@ use crate::k3s::K3sConfig;
 /// [host.longhorn]
 /// checks = true              # the Longhorn preflight checks
 /// v2_data_engine = false     # also huge pages, SPDK modules, CPU flags
+///
+/// [host.tailscale]           # see crate::tailscale::config
+/// socket = "/run/tailscale/tailscaled.sock"
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +86,9 @@ pub struct HostConfig {
     /// Servers only: where the local etcd member answers.
     #[serde(default)]
     pub etcd: crate::etcd::EtcdConfig,
+    /// tailscaled's socket, the `tailscale up` flags allowed here, enrollment at start.
+    #[serde(default)]
+    pub tailscale: crate::tailscale::TailscaleConfig,
 }
 
 impl Default for HostConfig {
@@ -94,6 +102,7 @@ impl Default for HostConfig {
             disks: DisksConfig::default(),
             longhorn: LonghornConfig::default(),
             etcd: crate::etcd::EtcdConfig::default(),
+            tailscale: crate::tailscale::TailscaleConfig::default(),
         }
     }
 }
@@ -134,7 +143,8 @@ impl HostConfig {
             ));
         }
         self.k3s.validate(path)?;
-        self.disks.validate(path)
+        self.disks.validate(path)?;
+        self.tailscale.validate(path)
     }
 
     /// The host tools, with the K3s binary resolved under the root.

@@ -4,6 +4,22 @@ use std::time::Duration;
 
 use super::tools::{HostTools, Tool, ToolError, ToolOutput};
 
+/// Why a systemctl call failed, in systemctl's words: its first line that
+/// is not the hint after it. Real systemctl says "Job for X failed because
+/// the control process exited with error code." and then `See "systemctl
+/// status X" and "journalctl -xeu X" for details.`; the hint alone says nothing.
+pub fn failure_reason(output: &ToolOutput) -> String {
+    let reason = [&output.stderr, &output.stdout].iter().find_map(|text| {
+        text.lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with("See \"systemctl status"))
+    });
+    match reason {
+        Some(line) => line.chars().take(300).collect(),
+        None => output.last_words(),
+    }
+}
+
 /// `systemctl is-active` states that count as running.
 pub fn is_running(state: &str) -> bool {
     state == "active" || state == "reloading"
@@ -61,5 +77,34 @@ impl Systemctl<'_> {
     /// `systemctl enable --now UNIT`.
     pub async fn enable_now(&self, unit: &str) -> Result<ToolOutput, ToolError> {
         self.0.run(Tool::Systemctl, ["enable", "--now", unit]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_job_is_explained_by_systemctl_not_by_its_hint() {
+        let output = ToolOutput {
+            code: Some(1),
+            stdout: String::new(),
+            stderr: "Job for k3s.service failed because the control process exited with error code.\n\
+                     See \"systemctl status k3s.service\" and \"journalctl -xeu k3s.service\" for details.\n"
+                .into(),
+        };
+        assert_eq!(
+            failure_reason(&output),
+            "Job for k3s.service failed because the control process exited with error code."
+        );
+        let terse = ToolOutput {
+            code: Some(5),
+            stderr: "Failed to restart nope.service: Unit nope.service not found.\n".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            failure_reason(&terse),
+            "Failed to restart nope.service: Unit nope.service not found."
+        );
     }
 }

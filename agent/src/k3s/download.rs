@@ -18,6 +18,8 @@ use super::fetch::{ArtifactReader, FetchError};
 /// Temporary downloads are named `.k3sfleet-download-<random>.tmp`.
 const TEMP_PREFIX: &str = ".k3sfleet-download-";
 const TEMP_SUFFIX: &str = ".tmp";
+/// Every temporary file of the agent beside the binary starts so.
+const LEFTOVER_PREFIX: &str = ".k3sfleet-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
@@ -30,14 +32,38 @@ pub enum DownloadError {
         source: std::io::Error,
     },
     #[error(
-        "checksum mismatch for {name} from {source_name}: expected sha256 {expected}, got {actual}; the download was discarded"
+        "checksum mismatch for {name} of {version} from {source_name}: {against} says sha256 {expected}, the download has {actual}; the download was discarded"
     )]
     Checksum {
         name: String,
+        version: String,
         source_name: String,
+        against: String,
         expected: String,
         actual: String,
     },
+    #[error(
+        "{name} of {version} from {source_name} is larger than the {size} bytes {against} says; the download was discarded"
+    )]
+    TooLarge {
+        name: String,
+        version: String,
+        source_name: String,
+        against: String,
+        size: u64,
+    },
+}
+
+/// What a download must be: its digest and, when a signed manifest says,
+/// its size, and which document said so (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub version: String,
+    /// Lowercase hex.
+    pub sha256: String,
+    pub size: Option<u64>,
+    /// "sha256sum-amd64.txt", "the release manifest signed by key ...".
+    pub against: String,
 }
 
 impl DownloadError {
@@ -75,13 +101,14 @@ impl Drop for Downloaded {
 }
 
 /// Streams `reader` into a new temporary file in `dir`, then checks its
-/// SHA-256 against `expected` (lowercase hex). The file is executable
-/// (0755) and synced to disk when this returns Ok.
+/// SHA-256 (and size, when known) against `expected`; a download growing past
+/// the expected size is cut off. The file is executable (0755) and synced to
+/// disk when this returns Ok.
 pub async fn download(
     mut reader: ArtifactReader,
     source_name: &str,
     dir: &Path,
-    expected: &str,
+    expected: &Expected,
     stall: Duration,
 ) -> Result<Downloaded, DownloadError> {
     let path = dir.join(format!(
@@ -113,6 +140,17 @@ pub async fn download(
         // call (sync_all) runs on the blocking pool below.
         writer.write_all(&chunk).map_err(write_error)?;
         guard.size += chunk.len() as u64;
+        if let Some(size) = expected.size
+            && guard.size > size
+        {
+            return Err(DownloadError::TooLarge {
+                name: reader.name().to_string(),
+                version: expected.version.clone(),
+                source_name: source_name.to_string(),
+                against: expected.against.clone(),
+                size,
+            });
+        }
     }
     let file = writer
         .into_inner()
@@ -124,11 +162,13 @@ pub async fn download(
         .map_err(|join| write_error(std::io::Error::other(join)))?
         .map_err(write_error)?;
     let actual = hex::encode(hasher.finalize());
-    if actual != expected {
+    if actual != expected.sha256 {
         return Err(DownloadError::Checksum {
             name: reader.name().to_string(),
+            version: expected.version.clone(),
             source_name: source_name.to_string(),
-            expected: expected.to_string(),
+            against: expected.against.clone(),
+            expected: expected.sha256.clone(),
             actual,
         });
     }
@@ -136,8 +176,10 @@ pub async fn download(
     Ok(guard)
 }
 
-/// Removes temporary downloads left in `dir` by an agent that died mid-way.
-/// Returns how many it removed.
+/// Removes the temporary files an agent that died mid-way left in `dir`:
+/// downloads, and the second names the binary swap stages before a rename
+/// (`.k3sfleet-<purpose>-<random>.tmp`, see `binary.rs`). Returns how many
+/// it removed.
 pub fn remove_leftovers(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -147,8 +189,34 @@ pub fn remove_leftovers(dir: &Path) -> usize {
         .filter(|entry| {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
+            name.starts_with(LEFTOVER_PREFIX) && name.ends_with(TEMP_SUFFIX)
         })
         .filter(|entry| std::fs::remove_file(entry.path()).is_ok())
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_downloads_and_swaps_go_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            ".k3sfleet-download-00ff.tmp",
+            ".k3sfleet-previous-0a0b.tmp",
+            "k3s",
+            "k3s.previous",
+            "kubectl",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        assert_eq!(remove_leftovers(dir.path()), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["k3s", "k3s.previous", "kubectl"]);
+    }
 }

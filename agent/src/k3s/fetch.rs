@@ -73,6 +73,8 @@ pub enum FetchError {
     },
     #[error("{name} is larger than {limit} bytes; refusing it")]
     TooLarge { name: String, limit: u64 },
+    #[error("refusing {path}: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
 }
 
 impl FetchError {
@@ -93,7 +95,9 @@ impl FetchError {
                     | tonic::Code::OutOfRange
                     | tonic::Code::Unimplemented
             ),
-            FetchError::File { .. } | FetchError::TooLarge { .. } => false,
+            FetchError::File { .. }
+            | FetchError::TooLarge { .. }
+            | FetchError::Untrusted { .. } => false,
         }
     }
 }
@@ -138,6 +142,18 @@ impl Source {
                             path: path.clone(),
                             source,
                         })?;
+                // The source directory was checked when the command arrived;
+                // the opened file and the directories above it are checked here.
+                let meta = file.metadata().await.map_err(|source| FetchError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                super::trust::check_opened_file(&path, &meta).map_err(|reason| {
+                    FetchError::Untrusted {
+                        path: path.clone(),
+                        reason,
+                    }
+                })?;
                 Body::File { path, file }
             }
             Source::Coordinator(config) => {

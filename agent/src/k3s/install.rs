@@ -20,10 +20,11 @@ use k3sfleet_proto::v1::{
     command_result,
 };
 
+use super::download::Expected;
 use super::fetch::{self, Source};
 use super::intent::InstallIntent;
 use super::release::{self, Assets};
-use super::{K3sManager, download, outcome, short};
+use super::{K3sManager, download, outcome, short, trust};
 use crate::duties::ProgressSink;
 use crate::host::selinux;
 use crate::host::systemd::Systemctl;
@@ -89,11 +90,7 @@ impl K3sManager {
         match source.and_then(|s| s.kind) {
             Some(artifact_source::Kind::MirrorUrl(url)) => {
                 let url = url.trim().to_string();
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(format!(
-                        "mirror URL {url:?} must start with https:// or http://"
-                    ));
-                }
+                self.trust.check_mirror(&url)?;
                 let client = fetch::mirror_client(
                     self.config.mirror_ca.as_deref(),
                     Duration::from_secs(30),
@@ -108,7 +105,11 @@ impl K3sManager {
                         "local artifact directory {dir:?} must be an absolute path"
                     ));
                 }
-                Ok(Source::LocalDir(self.root.path(&dir)))
+                let path = self.root.path(&dir);
+                trust::check_owned_by_root(&path).map_err(|reason| {
+                    format!("refusing local artifact directory {dir}: {reason}")
+                })?;
+                Ok(Source::LocalDir(path))
             }
             Some(artifact_source::Kind::Coordinator(_)) => match &self.coordinator {
                 Some(config) => Ok(Source::Coordinator(config.clone())),
@@ -143,11 +144,15 @@ impl K3sManager {
             "checksums",
             format!(
                 "fetching {} of {version} from {}",
-                assets.checksums,
+                if self.trust.keys.enabled() {
+                    k3sfleet_release::MANIFEST_NAME
+                } else {
+                    assets.checksums
+                },
                 source.describe()
             ),
         );
-        let expected = match self.expected_digest(version, assets, source).await {
+        let expected = match self.expected(version, assets, source).await {
             Ok(digest) => digest,
             Err(fetch) => {
                 return retryable(
@@ -158,16 +163,16 @@ impl K3sManager {
         };
 
         let pending = self.intent.read();
-        if before.binary_sha256 == expected {
+        if before.binary_sha256 == expected.sha256 {
             let interrupted = pending
                 .as_ref()
-                .is_some_and(|p| p.sha256 == expected && p.version == version);
+                .is_some_and(|p| p.sha256 == expected.sha256 && p.version == version);
             if !interrupted && before.service_active && before.installed_version == version {
                 return with_detail(
                     CommandOutcome::NoOp,
                     format!(
                         "already at {version} (sha256 {}), {} active",
-                        short(&expected),
+                        short(&expected.sha256),
                         self.unit()
                     ),
                     before.installed_version.clone(),
@@ -217,13 +222,14 @@ impl K3sManager {
                 "{} bytes, sha256 {} matches {}",
                 downloaded.size,
                 short(&downloaded.sha256),
-                assets.checksums
+                expected.against
             ),
         );
 
         if let Err(err) = self.intent.write(&InstallIntent {
             version: version.to_string(),
-            sha256: expected.clone(),
+            sha256: expected.sha256.clone(),
+            previous_sha256: Some(before.binary_sha256.clone()),
         }) {
             return failed(display_error(&err));
         }
@@ -276,29 +282,97 @@ impl K3sManager {
         .await
     }
 
-    async fn expected_digest(
+    /// What the binary must be: from a manifest signed by a trusted key when
+    /// keys are set, else from the release's checksum file.
+    async fn expected(
         &self,
         version: &str,
         assets: &Assets,
         source: &Source,
-    ) -> Result<String, FetchFailure> {
-        let stall = self.config.download_stall_timeout;
-        let fetched = match source.open(version, assets.checksums).await {
-            Ok(reader) => reader.read_small(CHECKSUM_FILE_LIMIT, stall).await,
-            Err(err) => Err(err),
-        };
-        let bytes = fetched.map_err(|err| FetchFailure {
-            reason: display_error(&err),
-            transient: err.is_transient(),
-        })?;
-        let text = String::from_utf8_lossy(&bytes);
-        release::checksum_for(&text, assets.binary).map_err(|err| FetchFailure {
+    ) -> Result<Expected, FetchFailure> {
+        if self.trust.keys.enabled() {
+            return self.signed_expectation(version, assets, source).await;
+        }
+        let text = self.fetch_small(version, assets.checksums, source).await?;
+        let text = String::from_utf8_lossy(&text);
+        let sha256 = release::checksum_for(&text, assets.binary).map_err(|err| FetchFailure {
             reason: format!(
                 "{} of {version} from {}: {err}",
                 assets.checksums,
                 source.describe()
             ),
             transient: false,
+        })?;
+        Ok(Expected {
+            version: version.to_string(),
+            sha256,
+            size: None,
+            against: assets.checksums.to_string(),
+        })
+    }
+
+    /// Fetches and verifies `version`'s signed manifest and keeps it for
+    /// rollbacks; the checksum file on the source is not consulted.
+    async fn signed_expectation(
+        &self,
+        version: &str,
+        assets: &Assets,
+        source: &Source,
+    ) -> Result<Expected, FetchFailure> {
+        let manifest = self
+            .fetch_small(version, k3sfleet_release::MANIFEST_NAME, source)
+            .await
+            .map_err(|failure| failure.unsigned(version))?;
+        let signature = self
+            .fetch_small(version, k3sfleet_release::SIGNATURE_NAME, source)
+            .await
+            .map_err(|failure| failure.unsigned(version))?;
+        let refused = |reason: String| FetchFailure {
+            reason: format!("refusing {version}: {reason}"),
+            transient: false,
+        };
+        let verified = self
+            .trust
+            .verify(version, &manifest, &signature)
+            .map_err(refused)?;
+        let artifact = verified
+            .artifact(&self.arch)
+            .map_err(|err| refused(err.to_string()))?;
+        if artifact.name != assets.binary {
+            return Err(refused(format!(
+                "the signed manifest names {:?} for {}, not {:?}",
+                artifact.name, self.arch, assets.binary
+            )));
+        }
+        self.trust
+            .remember(version, &manifest, &signature)
+            .map_err(|err| {
+                refused(format!(
+                    "cannot keep its verified manifest for rollbacks: {err}"
+                ))
+            })?;
+        Ok(Expected {
+            version: version.to_string(),
+            sha256: artifact.sha256.clone(),
+            size: Some(artifact.size),
+            against: format!("the release manifest signed by key {}", verified.key_id),
+        })
+    }
+
+    async fn fetch_small(
+        &self,
+        version: &str,
+        name: &str,
+        source: &Source,
+    ) -> Result<Vec<u8>, FetchFailure> {
+        let stall = self.config.download_stall_timeout;
+        let fetched = match source.open(version, name).await {
+            Ok(reader) => reader.read_small(CHECKSUM_FILE_LIMIT, stall).await,
+            Err(err) => Err(err),
+        };
+        fetched.map_err(|err| FetchFailure {
+            reason: display_error(&err),
+            transient: err.is_transient(),
         })
     }
 
@@ -307,7 +381,7 @@ impl K3sManager {
         version: &str,
         assets: &Assets,
         source: &Source,
-        expected: &str,
+        expected: &Expected,
     ) -> Result<download::Downloaded, download::DownloadError> {
         let reader = source.open(version, assets.binary).await?;
         download::download(
@@ -322,7 +396,7 @@ impl K3sManager {
 
     /// Restarts the service on the binary now in place and verifies it; on
     /// failure puts the previous binary back if `may_roll_back`.
-    async fn activate(
+    pub(super) async fn activate(
         &self,
         version: &str,
         previous_version: &str,
@@ -419,8 +493,8 @@ impl K3sManager {
             Ok(output) if output.success() => {}
             Ok(output) => {
                 return Err(format!(
-                    "systemctl restart {unit} failed: {}",
-                    output.last_words()
+                    "systemctl restart {unit} failed: {} (its log: `journalctl -u {unit}`)",
+                    crate::host::systemd::failure_reason(&output)
                 ));
             }
             Err(err) => return Err(display_error(&err)),
@@ -448,7 +522,7 @@ impl K3sManager {
     }
 
     /// Whether `k3s --version` of the installed binary says `version`.
-    async fn binary_reports(&self, version: &str) -> Result<(), String> {
+    pub(super) async fn binary_reports(&self, version: &str) -> Result<(), String> {
         let installed = self.installed_version().await;
         if installed == version {
             Ok(())
@@ -462,10 +536,25 @@ impl K3sManager {
     }
 }
 
-/// Why the checksum file could not be had, and whether trying again may help.
+/// Why the checksum file or manifest could not be had, and whether trying
+/// again may help.
 struct FetchFailure {
     reason: String,
     transient: bool,
+}
+
+impl FetchFailure {
+    /// A manifest or signature that is not there: with keys set, a refusal.
+    fn unsigned(self, version: &str) -> Self {
+        FetchFailure {
+            reason: format!(
+                "refusing {version}: this host installs only signed releases (host.k3s.trusted_keys) \
+                 and its signed manifest cannot be had: {}",
+                self.reason
+            ),
+            ..self
+        }
+    }
 }
 
 /// Marks a failure that left the host unchanged as worth another try.

@@ -14,7 +14,9 @@ mod install;
 mod intent;
 pub mod release;
 mod rollback;
+mod settle;
 mod snapshot;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use crate::host::systemd::Systemctl;
 use crate::host::{HostRoot, HostTools, Tool};
 use binary::BinarySlot;
 use intent::IntentFile;
+pub use settle::Settled;
 
 /// `[host.k3s]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +58,13 @@ pub struct K3sConfig {
     /// Extra CA certificates (PEM) trusted for https mirrors, besides the host's.
     #[serde(default)]
     pub mirror_ca: Option<PathBuf>,
+    /// minisign public keys (the base64 line of a `.pub` file) whose signed
+    /// release manifests this host installs; empty: releases are not verified.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Mirror base URLs this host may fetch from over plain http.
+    #[serde(default)]
+    pub http_mirrors: Vec<String>,
 }
 
 fn default_binary() -> PathBuf {
@@ -78,6 +88,8 @@ impl Default for K3sConfig {
             snapshot_timeout: default_snapshot_timeout(),
             download_stall_timeout: default_stall_timeout(),
             mirror_ca: None,
+            trusted_keys: Vec::new(),
+            http_mirrors: Vec::new(),
         }
     }
 }
@@ -108,6 +120,24 @@ impl K3sConfig {
         {
             return Err(config::invalid(path, "host.k3s.mirror_ca", err.to_string()));
         }
+        for (i, key) in self.trusted_keys.iter().enumerate() {
+            if let Err(err) = k3sfleet_release::TrustedKey::parse(key) {
+                return Err(config::invalid(
+                    path,
+                    &format!("host.k3s.trusted_keys[{i}]"),
+                    err.to_string(),
+                ));
+            }
+        }
+        for (i, mirror) in self.http_mirrors.iter().enumerate() {
+            if !mirror.starts_with("http://") {
+                return Err(config::invalid(
+                    path,
+                    &format!("host.k3s.http_mirrors[{i}]"),
+                    format!("{mirror:?} is not an http:// URL (https mirrors need no entry)"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -129,12 +159,13 @@ pub struct K3sManager {
     tools: HostTools,
     slot: BinarySlot,
     intent: IntentFile,
+    trust: trust::ReleaseTrust,
     /// For artifacts streamed from the coordinator; `None` outside the daemon.
     coordinator: Option<Arc<AgentConfig>>,
     /// Release tag per binary hash: `k3s --version` is run once per binary.
     versions: Mutex<HashMap<String, String>>,
-    /// One install, rollback or snapshot at a time.
-    busy: tokio::sync::Mutex<()>,
+    /// One install, rollback, snapshot or settling at a time.
+    busy: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for K3sManager {
@@ -161,6 +192,8 @@ pub struct K3sHost {
 impl K3sManager {
     pub fn new(config: K3sConfig, host: K3sHost) -> Self {
         let slot = BinarySlot::new(host.root.path(&config.binary));
+        let trust =
+            trust::ReleaseTrust::new(&config.trusted_keys, &config.http_mirrors, &host.state_dir);
         K3sManager {
             config,
             root: host.root,
@@ -169,21 +202,23 @@ impl K3sManager {
             tools: host.tools,
             slot,
             intent: IntentFile::new(&host.state_dir),
+            trust,
             coordinator: host.coordinator,
             versions: Mutex::new(HashMap::new()),
-            busy: tokio::sync::Mutex::new(()),
+            busy: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    /// Removes temporary downloads an agent killed mid-install left behind
-    /// (the installed binary is never one of them).
-    pub fn remove_leftover_downloads(&self) {
-        let removed = download::remove_leftovers(self.slot.dir());
+    /// Removes the temporary files (downloads, staged names, a half-written
+    /// intent) an agent killed mid-install left (the binary is never one).
+    pub fn remove_leftovers(&self) {
+        let removed = download::remove_leftovers(self.slot.dir())
+            + usize::from(self.intent.remove_leftover());
         if removed > 0 {
             tracing::info!(
                 removed,
                 dir = %self.slot.dir().display(),
-                "removed downloads left by an interrupted install"
+                "removed temporary files left by an interrupted install"
             );
         }
     }
@@ -194,6 +229,16 @@ impl K3sManager {
 
     pub fn role(&self) -> K3sRole {
         self.role
+    }
+
+    /// Whether installs and rollbacks are checked against signed manifests.
+    pub fn releases_verified(&self) -> bool {
+        self.trust.keys.enabled()
+    }
+
+    /// The `k3s.releases` check.
+    pub fn releases_check(&self) -> k3sfleet_proto::v1::CheckResult {
+        self.trust.check()
     }
 
     /// What is installed and whether its service runs.

@@ -4,24 +4,8 @@
 /// The one rule both sides of the protocol use for a version string.
 pub use k3sfleet_proto::is_release_tag;
 
-/// The binary asset and checksum file of one architecture (Kubernetes
-/// spelling: amd64, arm64, arm, s390x).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assets {
-    pub binary: &'static str,
-    pub checksums: &'static str,
-}
-
-pub fn assets_for(arch: &str) -> Option<Assets> {
-    let (binary, checksums) = match arch {
-        "amd64" => ("k3s", "sha256sum-amd64.txt"),
-        "arm64" => ("k3s-arm64", "sha256sum-arm64.txt"),
-        "arm" => ("k3s-armhf", "sha256sum-arm.txt"),
-        "s390x" => ("k3s-s390x", "sha256sum-s390x.txt"),
-        _ => return None,
-    };
-    Some(Assets { binary, checksums })
-}
+/// Asset names per architecture: the same table signed manifests use.
+pub use k3sfleet_release::{Assets, assets_for};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChecksumFileError {
@@ -113,12 +97,5 @@ mod tests {
         let out = "k3s version v1.31.4+k3s1 (a1b2c3d4)\ngo version go1.22.9\n";
         assert_eq!(parse_version_output(out).as_deref(), Some("v1.31.4+k3s1"));
         assert_eq!(parse_version_output("garbage\n"), None);
-    }
-
-    #[test]
-    fn assets() {
-        assert_eq!(assets_for("amd64").unwrap().binary, "k3s");
-        assert_eq!(assets_for("arm").unwrap().checksums, "sha256sum-arm.txt");
-        assert_eq!(assets_for("riscv64"), None);
     }
 }

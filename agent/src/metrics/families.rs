@@ -34,6 +34,7 @@ pub struct Families {
     host_uptime: Gauge,
     k3s_info: GaugeVec,
     k3s_installed: Gauge,
+    k3s_releases_verified: Gauge,
     k3s_active: Gauge,
     k3s_rollback_available: Gauge,
     tailscale_info: GaugeVec,
@@ -146,6 +147,11 @@ impl Default for Families {
                 "k3sfleet_k3s_installed",
                 "Whether a K3s binary is installed (1) or not (0).",
             ),
+            k3s_releases_verified: gauge(
+                &r,
+                "k3sfleet_k3s_releases_verified",
+                "Whether K3s installs and rollbacks must match a release manifest signed by a trusted key (1) or are not verified (0).",
+            ),
             k3s_active: gauge(
                 &r,
                 "k3sfleet_k3s_service_active",
@@ -159,8 +165,8 @@ impl Default for Families {
             tailscale_info: gauges(
                 &r,
                 "k3sfleet_tailscale_info",
-                "The installed Tailscale version; always 1.",
-                &["version"],
+                "The installed Tailscale version and the node's tailnet name and addresses; always 1.",
+                &["version", "hostname", "dns_name", "tailscale_ips"],
             ),
             tailscale_state: gauges(
                 &r,
@@ -360,6 +366,8 @@ impl Families {
                 .set(1.0);
         }
         self.k3s_installed.set(bool_value(installed));
+        self.k3s_releases_verified
+            .set(bool_value(observation.releases_verified));
         self.k3s_active.set(bool_value(k3s.service_active));
         self.k3s_rollback_available
             .set(bool_value(!k3s.previous_version.is_empty()));
@@ -373,8 +381,14 @@ impl Families {
             return;
         }
         if !ts.version.is_empty() {
+            let ips = ts.tailscale_ips.join(",");
             self.tailscale_info
-                .with_label_values(&[ts.version.as_str()])
+                .with_label_values(&[
+                    ts.version.as_str(),
+                    ts.hostname.as_str(),
+                    ts.dns_name.as_str(),
+                    ips.as_str(),
+                ])
                 .set(1.0);
         }
         for state in TAILSCALE_STATES {

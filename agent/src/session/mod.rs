@@ -225,6 +225,7 @@ impl<D: HostDuties> Agent<D> {
             config.coordinator.address
         ));
         self.outbox.attach(sender.clone());
+        self.outbox.send_parked().await;
 
         let mut changes = self.duties.changes();
         let mut ticker = tokio::time::interval(config.report.interval);
@@ -293,7 +294,8 @@ impl<D: HostDuties> Agent<D> {
         match self.journal.admit(&id) {
             Ok(Admission::Replay(result)) => {
                 tracing::info!(command = id, "answering a re-sent command from the journal");
-                self.outbox.send_result(*result);
+                let outbox = self.outbox.clone();
+                tokio::spawn(async move { outbox.send_result(*result).await });
             }
             Ok(Admission::AlreadyRunning) => {
                 ProgressSink::new(id, self.outbox.clone())
@@ -314,16 +316,18 @@ impl<D: HostDuties> Agent<D> {
                     if let Err(err) = agent.journal.finish(&id, &result) {
                         tracing::error!(command = id, error = %display_error(&err), "recording the result failed");
                     }
-                    agent.outbox.send_result(result);
+                    agent.outbox.send_result(result).await;
                 });
             }
             Err(err) => {
-                self.outbox.send_result(CommandResult {
+                let outbox = self.outbox.clone();
+                let result = CommandResult {
                     command_id: id,
                     outcome: CommandOutcome::Rejected as i32,
                     message: err.to_string(),
                     ..Default::default()
-                });
+                };
+                tokio::spawn(async move { outbox.send_result(result).await });
             }
         }
     }

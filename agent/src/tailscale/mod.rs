@@ -1,10 +1,19 @@
 //! Tailscale: the node's state for reports, and enrollment with `tailscale up`.
 //!
-//! The auth key goes to `tailscale up --auth-key=file:PATH` through a file
-//! created 0600 in the agent's private state directory and removed right
-//! after; it is never on a command line, in a log line, a report or an
-//! error (tool output is scrubbed of it too).
+//! Every call goes through the configured CLI and tailscaled socket
+//! ([`TailscaleConfig`]). The auth key goes to `tailscale up
+//! --auth-key=file:PATH` through a file created 0600 in the agent's private
+//! state directory and removed right after; it is never on a command line,
+//! in a log line, a report or an error (tool output is scrubbed of it too).
+//! A failed `up` is undone (see [`prefs`]); a Running node whose control
+//! server and tags stay is changed in place, without spending the key.
 
+pub mod config;
+pub mod enroll;
+mod failure;
+pub mod flags;
+mod prefs;
+mod request;
 mod secret;
 pub mod status;
 
@@ -14,41 +23,56 @@ use std::time::Duration;
 use k3sfleet_proto::v1::{
     CommandOutcome, CommandResult, TailscaleState, TailscaleUp, command_result,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::duties::ProgressSink;
-use crate::host::{HostTools, Tool, ToolError};
+use crate::host::{HostTools, Tool, ToolError, ToolOutput};
 use crate::session::display_error;
+pub use config::{EnrollConfig, TailscaleConfig};
+use prefs::Prefs;
+use request::Settings;
 use secret::SecretFile;
 
-/// Settings of the last successful `up` (never the key), for idempotency:
-/// status shows hostname and tags but not the login server or extra flags.
+/// Settings of the last successful `up` (never the key).
 const APPLIED_FILE: &str = "tailscale-up.json";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Applied {
-    hostname: String,
-    tags: Vec<String>,
-    login_server: String,
-    extra_flags: Vec<String>,
-}
+/// How much longer than `up --timeout` the CLI itself may take.
+const CLI_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct Tailscale {
     tools: HostTools,
     state_dir: PathBuf,
+    config: TailscaleConfig,
 }
 
 impl Tailscale {
-    pub fn new(tools: HostTools, state_dir: PathBuf) -> Self {
-        Tailscale { tools, state_dir }
+    pub fn new(tools: HostTools, state_dir: PathBuf, config: TailscaleConfig) -> Self {
+        Tailscale {
+            tools,
+            state_dir,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &TailscaleConfig {
+        &self.config
+    }
+
+    /// Runs the CLI against the configured socket.
+    async fn cli(&self, args: &[String], timeout: Duration) -> Result<ToolOutput, ToolError> {
+        let mut all = self.config.global_args();
+        all.extend(args.iter().cloned());
+        self.tools.run_for(Tool::Tailscale, &all, timeout).await
+    }
+
+    async fn cli_default(&self, args: &[&str]) -> Result<ToolOutput, ToolError> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        self.cli(&args, self.tools.timeout()).await
     }
 
     /// The node's Tailscale state; `installed: false` without the CLI.
     pub async fn status(&self) -> TailscaleState {
         let output = match self
-            .tools
-            .run(Tool::Tailscale, ["status", "--json", "--peers=false"])
+            .cli_default(&["status", "--json", "--peers=false"])
             .await
         {
             Ok(output) => output,
@@ -63,20 +87,43 @@ impl Tailscale {
         }
     }
 
+    async fn prefs(&self) -> Result<Prefs, String> {
+        let output = self
+            .cli_default(&["debug", "prefs"])
+            .await
+            .map_err(|err| display_error(&err))?;
+        if !output.success() {
+            return Err(format!(
+                "`tailscale debug prefs` failed: {}",
+                output.last_words()
+            ));
+        }
+        Prefs::parse(&output.stdout)
+    }
+
+    /// Puts tailscaled's preferences back as they were; `Err` says why not.
+    async fn restore(&self, prefs: &Prefs) -> Result<(), String> {
+        let args = [
+            "debug".to_string(),
+            "localapi".to_string(),
+            "POST".to_string(),
+            "start".to_string(),
+            prefs.restore_body(),
+        ];
+        match self.cli(&args, self.tools.timeout()).await {
+            Ok(output) if output.success() => Ok(()),
+            Ok(output) => Err(output.last_words()),
+            Err(err) => Err(display_error(&err)),
+        }
+    }
+
     pub async fn up(&self, request: TailscaleUp, progress: &ProgressSink) -> CommandResult {
-        if let Err(reason) = validate(&request) {
+        if let Err(reason) = request::validate(&request, &self.config) {
             return result(CommandOutcome::Rejected, reason, None);
         }
         let key = request.auth_key.trim().to_string();
-        let mut tags = request.advertise_tags.clone();
-        tags.sort();
-        tags.dedup();
-        let wanted = Applied {
-            hostname: request.hostname.trim().to_string(),
-            tags,
-            login_server: request.login_server.trim().to_string(),
-            extra_flags: request.extra_flags.clone(),
-        };
+        let wanted = Settings::of(&request);
+        let who = wanted.hostname.clone();
 
         let before = self.status().await;
         if !before.installed {
@@ -89,83 +136,114 @@ impl Tailscale {
         if already_applied(&before, &wanted, self.applied().as_ref()) {
             return result(
                 CommandOutcome::NoOp,
+                format!("already Running as {who} with the same settings; nothing changed"),
+                Some(before),
+            );
+        }
+        let prior = match self.prefs().await {
+            Ok(prior) => prior,
+            Err(reason) => {
+                return result(
+                    CommandOutcome::Failed,
+                    format!("tailscale up for {who}: cannot read tailscaled's settings: {reason}"),
+                    Some(before),
+                );
+            }
+        };
+        let running = before.backend_state == "Running";
+        if running && prior.control_url() != wanted.login_server {
+            return result(
+                CommandOutcome::Rejected,
                 format!(
-                    "already Running as {} with the same settings",
-                    before.hostname
+                    "{who} is Running on the control server {}; moving it to {} would log it out of its tailnet \
+                     (perhaps the path you reach it by): run `tailscale logout` on the host first",
+                    shown_server(&prior.control_url()),
+                    shown_server(&wanted.login_server),
                 ),
                 Some(before),
             );
         }
-
-        let secret =
-            match SecretFile::create(&self.state_dir.join("secrets"), "tailscale-auth-key", &key) {
-                Ok(secret) => secret,
+        // A Running node whose tags stay is edited in place; logging in
+        // (again) is what spends the key.
+        let needs_login =
+            !running || (!wanted.tags.is_empty() && prior.advertise_tags() != wanted.tags);
+        if needs_login && key.is_empty() {
+            return result(
+                CommandOutcome::Rejected,
+                format!("{who} must log in and the auth key is empty"),
+                Some(before),
+            );
+        }
+        let secret = match needs_login {
+            false => None,
+            true => match SecretFile::create(
+                &self.state_dir.join("secrets"),
+                "tailscale-auth-key",
+                &key,
+            ) {
+                Ok(secret) => Some(secret),
                 Err(err) => {
                     return result(CommandOutcome::Failed, display_error(&err), Some(before));
                 }
-            };
-        let wait = self.tools.timeout();
-        let mut args = vec![
-            "up".to_string(),
-            // The command carries the complete desired settings.
-            "--reset".to_string(),
-            format!("--auth-key=file:{}", secret.path().display()),
-            format!("--hostname={}", wanted.hostname),
-            format!("--timeout={}s", wait.as_secs().max(1)),
-        ];
-        if !wanted.tags.is_empty() {
-            args.push(format!("--advertise-tags={}", wanted.tags.join(",")));
-        }
-        if !wanted.login_server.is_empty() {
-            args.push(format!("--login-server={}", wanted.login_server));
-        }
-        args.extend(wanted.extra_flags.iter().cloned());
-        progress.step(
-            "up",
-            format!(
-                "tailscale up as {} (tags: {})",
-                wanted.hostname,
-                shown_tags(&wanted.tags)
-            ),
+            },
+        };
+        let args = up_args(
+            &wanted,
+            secret.as_ref().map(|s| s.path()),
+            self.config.up_timeout,
         );
-        let ran = self
-            .tools
-            .run_for(Tool::Tailscale, &args, wait + Duration::from_secs(15))
-            .await;
+        progress.step("up", format!("tailscale up: {}", wanted.describe()));
+        let ran = self.cli(&args, self.config.up_timeout + CLI_GRACE).await;
         drop(secret);
         let after = self.status().await;
-        match ran {
-            Ok(output) if output.success() => {
-                self.remember(&wanted);
-                let ips = after.tailscale_ips.join(", ");
-                result(
-                    CommandOutcome::Succeeded,
-                    format!("{} as {} ({ips})", after.backend_state, after.hostname),
-                    Some(after),
-                )
-            }
-            Ok(output) => result(
-                CommandOutcome::Failed,
-                scrub(
-                    &format!("tailscale up failed: {}", output.last_words()),
-                    &key,
+        if matches!(&ran, Ok(output) if output.success()) {
+            self.remember(&wanted);
+            let how = match needs_login {
+                true => "joined with the auth key",
+                false => "settings changed in place; the auth key was not needed",
+            };
+            return result(
+                CommandOutcome::Succeeded,
+                format!(
+                    "{} as {} ({}); {how}",
+                    after.backend_state,
+                    after.hostname,
+                    after.tailscale_ips.join(", ")
                 ),
                 Some(after),
-            ),
-            Err(err) => result(
-                CommandOutcome::Failed,
-                scrub(&display_error(&err), &key),
-                Some(after),
-            ),
+            );
         }
+        let failure = failure::classify(&ran, &after);
+        let undone = match self.restore(&prior).await {
+            Ok(()) => "its Tailscale settings are as they were".to_string(),
+            Err(reason) => format!("putting its Tailscale settings back failed too: {reason}"),
+        };
+        let mut failed = result(
+            CommandOutcome::Failed,
+            scrub(
+                &format!(
+                    "tailscale up for {who} failed: {}; {undone}{}",
+                    failure.reason,
+                    if failure.retryable {
+                        "; retry once the control server answers"
+                    } else {
+                        ""
+                    }
+                ),
+                &key,
+            ),
+            Some(self.status().await),
+        );
+        failed.retryable = failure.retryable;
+        failed
     }
 
-    fn applied(&self) -> Option<Applied> {
+    fn applied(&self) -> Option<Settings> {
         let bytes = std::fs::read(self.state_dir.join(APPLIED_FILE)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    fn remember(&self, applied: &Applied) {
+    fn remember(&self, applied: &Settings) {
         let path = self.state_dir.join(APPLIED_FILE);
         let written = serde_json::to_vec(applied)
             .map_err(std::io::Error::other)
@@ -176,75 +254,41 @@ impl Tailscale {
     }
 }
 
-fn already_applied(state: &TailscaleState, wanted: &Applied, applied: Option<&Applied>) -> bool {
+/// `up` with the complete desired settings: `--reset` puts every setting
+/// the request does not name back to its default, so leaving a flag out
+/// means "not that" (as the command is declarative).
+fn up_args(
+    wanted: &Settings,
+    key_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Vec<String> {
+    let mut args = vec!["up".to_string(), "--reset".to_string()];
+    if let Some(file) = key_file {
+        args.push(format!("--auth-key=file:{}", file.display()));
+    }
+    args.push(format!("--hostname={}", wanted.hostname));
+    args.push(format!("--timeout={}s", timeout.as_secs().max(1)));
+    if !wanted.tags.is_empty() {
+        args.push(format!("--advertise-tags={}", wanted.tags.join(",")));
+    }
+    if !wanted.login_server.is_empty() {
+        args.push(format!("--login-server={}", wanted.login_server));
+    }
+    args.extend(wanted.extra_flags.iter().cloned());
+    args
+}
+
+fn already_applied(state: &TailscaleState, wanted: &Settings, applied: Option<&Settings>) -> bool {
     let mut tags = state.tags.clone();
     tags.sort();
     state.backend_state == "Running"
         && state.hostname.eq_ignore_ascii_case(&wanted.hostname)
-        && tags == wanted.tags
+        && (wanted.tags.is_empty() || tags == wanted.tags)
         && applied == Some(wanted)
 }
 
-/// Flags the command sets itself, or that would carry a secret.
-const RESERVED_FLAGS: [&str; 7] = [
-    "--auth-key",
-    "--authkey",
-    "--hostname",
-    "--advertise-tags",
-    "--login-server",
-    "--reset",
-    "--timeout",
-];
-
-fn validate(request: &TailscaleUp) -> Result<(), String> {
-    let key = request.auth_key.trim();
-    if key.is_empty() {
-        return Err("the auth key is empty".into());
-    }
-    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("the auth key contains whitespace or control characters".into());
-    }
-    let hostname = request.hostname.trim();
-    let label = |c: char| c.is_ascii_alphanumeric() || c == '-';
-    if hostname.is_empty()
-        || hostname.len() > 63
-        || hostname.starts_with('-')
-        || !hostname.chars().all(label)
-    {
-        return Err(format!(
-            "invalid hostname {hostname:?}: use 1-63 letters, digits and '-'"
-        ));
-    }
-    for tag in &request.advertise_tags {
-        let name = tag.strip_prefix("tag:").unwrap_or_default();
-        if name.is_empty() || !name.chars().all(label) {
-            return Err(format!("invalid tag {tag:?}: write tags as tag:name"));
-        }
-    }
-    let server = request.login_server.trim();
-    let is_url = server.starts_with("https://") || server.starts_with("http://");
-    if !server.is_empty() && !is_url {
-        return Err(format!(
-            "invalid login server {server:?}: expected an https:// URL"
-        ));
-    }
-    for flag in &request.extra_flags {
-        let name = flag.split('=').next().unwrap_or_default();
-        if !flag.starts_with("--") || flag.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "invalid extra flag {flag:?}: expected --name or --name=value"
-            ));
-        }
-        if RESERVED_FLAGS.contains(&name) {
-            return Err(format!(
-                "extra flag {name} is not allowed: the command sets it itself"
-            ));
-        }
-        if flag.contains(key) {
-            return Err("an extra flag contains the auth key".into());
-        }
-    }
-    Ok(())
+fn shown_server(url: &str) -> &str {
+    if url.is_empty() { "of Tailscale" } else { url }
 }
 
 fn scrub(text: &str, secret: &str) -> String {
@@ -252,14 +296,6 @@ fn scrub(text: &str, secret: &str) -> String {
         text.to_string()
     } else {
         text.replace(secret, "[redacted]")
-    }
-}
-
-fn shown_tags(tags: &[String]) -> String {
-    if tags.is_empty() {
-        "none".into()
-    } else {
-        tags.join(",")
     }
 }
 
@@ -288,53 +324,18 @@ fn result(
 mod tests {
     use super::*;
 
-    fn request() -> TailscaleUp {
-        TailscaleUp {
-            auth_key: "tskey-auth-abc123".into(),
+    fn wanted() -> Settings {
+        Settings {
             hostname: "worker-01".into(),
-            advertise_tags: vec!["tag:k3s".into()],
+            tags: vec!["tag:k3s".into()],
             login_server: String::new(),
-            extra_flags: vec!["--ssh".into(), "--accept-routes".into()],
-        }
-    }
-
-    /// Spoils one field of a good request.
-    type Spoil = fn(&mut TailscaleUp);
-
-    #[test]
-    fn validation_names_what_is_wrong() {
-        validate(&request()).unwrap();
-        let cases: [(Spoil, &str); 6] = [
-            (|r| r.auth_key = " ".into(), "auth key is empty"),
-            (|r| r.hostname = "bad name".into(), "invalid hostname"),
-            (|r| r.advertise_tags = vec!["k3s".into()], "invalid tag"),
-            (
-                |r| r.extra_flags = vec!["--authkey=x".into()],
-                "--authkey is not allowed",
-            ),
-            (|r| r.extra_flags = vec!["ssh".into()], "invalid extra flag"),
-            (
-                |r| r.login_server = "ftp://x".into(),
-                "invalid login server",
-            ),
-        ];
-        for (change, expected) in cases {
-            let mut r = request();
-            change(&mut r);
-            let err = validate(&r).unwrap_err();
-            assert!(err.contains(expected), "{err}");
-            assert!(!err.contains("abc123"), "{err}");
+            extra_flags: vec![],
         }
     }
 
     #[test]
     fn idempotency_needs_running_same_name_tags_and_settings() {
-        let wanted = Applied {
-            hostname: "worker-01".into(),
-            tags: vec!["tag:k3s".into()],
-            login_server: String::new(),
-            extra_flags: vec![],
-        };
+        let wanted = wanted();
         let running = TailscaleState {
             installed: true,
             backend_state: "Running".into(),
@@ -349,11 +350,47 @@ mod tests {
             ..running.clone()
         };
         assert!(!already_applied(&stopped, &wanted, Some(&wanted)));
-        let other_flags = Applied {
-            extra_flags: vec!["--ssh".into()],
+        let other_flags = Settings {
+            extra_flags: vec!["--shields-up".into()],
             ..wanted.clone()
         };
         assert!(!already_applied(&running, &other_flags, Some(&wanted)));
+        // Tags from the key: whatever the control server gave counts.
+        let from_key = Settings {
+            tags: vec![],
+            ..wanted.clone()
+        };
+        assert!(already_applied(&running, &from_key, Some(&from_key)));
+    }
+
+    #[test]
+    fn up_names_every_setting_and_the_key_only_by_file() {
+        let mut settings = wanted();
+        settings.login_server = "https://hs.example".into();
+        settings.extra_flags = vec!["--accept-routes".into()];
+        let args = up_args(
+            &settings,
+            Some(std::path::Path::new("/s/key-1")),
+            Duration::from_secs(20),
+        );
+        assert_eq!(
+            args,
+            [
+                "up",
+                "--reset",
+                "--auth-key=file:/s/key-1",
+                "--hostname=worker-01",
+                "--timeout=20s",
+                "--advertise-tags=tag:k3s",
+                "--login-server=https://hs.example",
+                "--accept-routes",
+            ]
+        );
+        let edit = up_args(&settings, None, Duration::from_secs(20));
+        assert!(
+            !edit.iter().any(|a| a.starts_with("--auth-key")),
+            "{edit:?}"
+        );
     }
 
     #[test]

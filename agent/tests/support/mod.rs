@@ -9,7 +9,7 @@ use k3sfleet_agent::duties::{Outbox, ProgressSink};
 use k3sfleet_agent::host::HostConfig;
 use k3sfleet_agent::observe::HostProbe;
 use k3sfleet_proto::v1::{AgentMessage, agent_message};
-use k3sfleet_standin::{Distro, HostToml, StandinHost};
+use k3sfleet_standin::{Distro, HostToml, Mirror, StandinHost};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -18,6 +18,8 @@ pub struct Sandbox {
     pub host: StandinHost,
     pub state_dir: PathBuf,
     pub releases: PathBuf,
+    /// The stand-in mirrors started so far: plain http, so the agent is told to allow them.
+    http_mirrors: std::sync::Mutex<Vec<String>>,
 }
 
 impl Sandbox {
@@ -34,7 +36,15 @@ impl Sandbox {
             host,
             state_dir,
             releases,
+            http_mirrors: Default::default(),
         }
+    }
+
+    /// A stand-in mirror of `releases`, allowed over http in every probe made after it.
+    pub async fn start_mirror(&self) -> Mirror {
+        let mirror = Mirror::start(&self.releases).await.unwrap();
+        self.http_mirrors.lock().unwrap().push(mirror.url());
+        mirror
     }
 
     pub fn host_config(&self, toml: &HostToml) -> HostConfig {
@@ -42,6 +52,9 @@ impl Sandbox {
         struct Wrapper {
             host: HostConfig,
         }
+        let mut toml = toml.clone();
+        toml.http_mirrors
+            .extend(self.http_mirrors.lock().unwrap().iter().cloned());
         let text = toml.render(&self.host);
         let parsed: Wrapper =
             k3sfleet_daemon::config::parse(Path::new("agent.toml"), &text).unwrap();

@@ -195,6 +195,14 @@ impl Access {
                 if let Err(reason) = check_token(&record, role, &name, revoked_at, now_ms) {
                     return Ok(Err(AccessError::Denied(reason)));
                 }
+                // A token never takes over a live identity: whoever holds a
+                // leaked token would get the node's session and its commands.
+                let role_name = role.to_string();
+                if let Some(live) =
+                    rows::live_certificate(&tx, &name, &role_name, revoked_at, now_ms)?
+                {
+                    return Ok(Err(AccessError::Denied(live_identity(role, &name, &live))));
+                }
                 let lifetime = match record.cert_ttl_s {
                     0 => default_lifetime,
                     seconds => Duration::from_secs(u64::from(seconds)),
@@ -353,6 +361,19 @@ pub fn check_token(
         ));
     }
     Ok(())
+}
+
+/// Why a token cannot enroll a name that holds a live certificate.
+fn live_identity(role: Role, name: &str, live: &CertificateRecord) -> String {
+    format!(
+        "{role} {name:?} already holds a live certificate (serial {}, valid until {}); a token \
+         cannot take over a live identity: revoke it first (`k3sfleet cert revoke {name} --role {role}`) \
+         and enroll with a token created after that",
+        live.serial,
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(live.not_after_ms.max(0) as u64)
+        )
+    )
 }
 
 fn certificate_record(

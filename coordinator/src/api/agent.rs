@@ -62,14 +62,16 @@ impl AgentService for AgentApi {
 
         let (outbound, receiver) = mpsc::channel(OUTBOUND_QUEUE);
         outbound
-            .send(Ok(CoordinatorMessage {
+            .send(Ok(Box::new(CoordinatorMessage {
                 body: Some(coordinator_message::Body::Welcome(Welcome {
                     protocol_version: protocol,
                     coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
                 })),
-            }))
+            })))
             .await
             .map_err(|_| Status::internal("session closed before the welcome"))?;
+        let silence_limit =
+            crate::fleet::silence_limit(Duration::from_millis(u64::from(hello.report_interval_ms)));
         let ticket = self
             .fleet
             .connect(
@@ -81,8 +83,14 @@ impl AgentService for AgentApi {
             .await
             .map_err(|err| Status::internal(format!("cannot record the node: {err}")))?;
         tracing::info!(node = ticket.node, protocol, "agent connected");
-        tokio::spawn(read_session(self.fleet.clone(), ticket, inbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        tokio::spawn(read_session(
+            self.fleet.clone(),
+            ticket,
+            inbound,
+            silence_limit,
+        ));
+        let unboxed = ReceiverStream::new(receiver).map(|item| item.map(|m| *m).map_err(|s| *s));
+        Ok(Response::new(Box::pin(unboxed)))
     }
 
     async fn fetch_artifact(
@@ -152,9 +160,18 @@ async fn read_session(
     fleet: Arc<Fleet>,
     ticket: SessionTicket,
     mut inbound: Streaming<AgentMessage>,
+    silence_limit: Duration,
 ) {
     loop {
-        match inbound.message().await {
+        let Ok(received) = tokio::time::timeout(silence_limit, inbound.message()).await else {
+            tracing::info!(
+                node = ticket.node,
+                silent_for = ?silence_limit,
+                "the agent sent nothing for too long; giving its session up"
+            );
+            break;
+        };
+        match received {
             Ok(Some(message)) => match message.body {
                 Some(agent_message::Body::Report(report)) => {
                     fleet.on_report(&ticket, report, unix_ms())

@@ -1,16 +1,15 @@
 //! DrainService: operators cordon, drain and uncordon nodes; every drain and
 //! uncordon is in the audit log, with who asked and how it ended.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use k3sfleet_proto::v1::drain_service_server::DrainService;
 use k3sfleet_proto::v1::{
-    DrainEvent, DrainOutcome, DrainPlan, DrainRequest, DrainResult, TimeoutPolicy as PbPolicy,
-    UncordonRequest, UncordonResponse, drain_event,
+    CheckWorkloadsRequest, DrainEvent, DrainOutcome, DrainPlan, DrainRequest, DrainResult,
+    TimeoutPolicy as PbPolicy, UncordonRequest, UncordonResponse, WorkloadReport, drain_event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,8 +19,8 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::clock::unix_ms;
 use crate::drain::{
-    DEFAULT_CONCURRENCY, DrainEngine, DrainError, DrainOptions, TimeoutPolicy, cordon_and_drain,
-    go_duration,
+    Claimant, Claims, CordonState, DEFAULT_CONCURRENCY, DrainEngine, DrainError, DrainOptions,
+    Owner, TimeoutPolicy, cordon_and_drain, go_duration,
 };
 use crate::store::{AuditEvent, Store};
 
@@ -36,17 +35,22 @@ pub struct DrainApi {
     engine: Option<DrainEngine>,
     default_timeout: Duration,
     store: Store,
-    /// Nodes being drained, and by whom: one drain per node at a time.
-    running: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Which nodes are drained now, and the rollout under way: one claim per node.
+    claims: Arc<Claims>,
 }
 
 impl DrainApi {
-    pub fn new(engine: Option<DrainEngine>, default_timeout: Duration, store: Store) -> Self {
+    pub fn new(
+        engine: Option<DrainEngine>,
+        default_timeout: Duration,
+        store: Store,
+        claims: Arc<Claims>,
+    ) -> Self {
         DrainApi {
             engine,
             default_timeout,
             store,
-            running: Arc::default(),
+            claims,
         }
     }
 
@@ -56,21 +60,6 @@ impl DrainApi {
                 "this coordinator has no Kubernetes access: set kubernetes.kubeconfig \
                  (the kubeconfig key of a [kubernetes] section) in its config file",
             )
-        })
-    }
-
-    /// Marks `node` as being drained by `actor` until the guard is dropped.
-    fn claim(&self, node: &str, actor: &str) -> Result<DrainClaim, Status> {
-        let mut running = self.running.lock().expect("running drains");
-        if let Some(by) = running.get(node) {
-            return Err(Status::already_exists(format!(
-                "{node} is already being drained (by {by})"
-            )));
-        }
-        running.insert(node.to_string(), actor.to_string());
-        Ok(DrainClaim {
-            running: self.running.clone(),
-            node: node.to_string(),
         })
     }
 
@@ -101,20 +90,6 @@ async fn audit(
         detail,
     };
     store.audit(event, unix_ms()).await.map(|_| ())
-}
-
-struct DrainClaim {
-    running: Arc<Mutex<BTreeMap<String, String>>>,
-    node: String,
-}
-
-impl Drop for DrainClaim {
-    fn drop(&mut self) {
-        self.running
-            .lock()
-            .expect("running drains")
-            .remove(&self.node);
-    }
 }
 
 #[tonic::async_trait]
@@ -151,7 +126,9 @@ impl DrainService for DrainApi {
             return Ok(Response::new(Box::pin(ReceiverStream::new(receiver))));
         }
 
-        let claim = self.claim(&node, &actor)?;
+        let claim = self.claims.start_drain(&node, &actor).map_err(|by| {
+            Status::already_exists(format!("{node} is already being drained (by {by})"))
+        })?;
         // Persist before acting: the entry exists before the node is touched.
         self.audit(
             &actor,
@@ -161,9 +138,20 @@ impl DrainService for DrainApi {
         )
         .await?;
         let store = self.store.clone();
+        let claims = self.claims.clone();
         tokio::spawn(async move {
             let _claim = claim;
-            let outcome = run_drain(&engine, &node, &options, policy, &sender).await;
+            let is_live = |owner: &Owner| match owner {
+                // This drain holds the node's drain claim; any other drain's
+                // cordon on it is left over.
+                Owner::Drain(_) => false,
+                Owner::Rollout(_) => claims.is_live_on(&node, owner),
+            };
+            let claimant = Claimant {
+                owner: Owner::Drain(actor.clone()),
+                is_live: &is_live,
+            };
+            let outcome = run_drain(&engine, &node, &claimant, &options, policy, &sender).await;
             let (detail, last) = match outcome {
                 Ok(result) => (
                     format!("{}: {}", outcome_name(result.outcome), result.message),
@@ -184,6 +172,19 @@ impl DrainService for DrainApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
+    async fn check_workloads(
+        &self,
+        request: Request<CheckWorkloadsRequest>,
+    ) -> Result<Response<WorkloadReport>, Status> {
+        let namespace = request.into_inner().namespace;
+        let findings = self
+            .engine()?
+            .check_workloads(Some(namespace.as_str()).filter(|ns| !ns.is_empty()))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(WorkloadReport { findings }))
+    }
+
     async fn uncordon(
         &self,
         request: Request<UncordonRequest>,
@@ -191,14 +192,34 @@ impl DrainService for DrainApi {
         let actor = auth::caller(&request)?.audit_name();
         let node = valid_node(&request.into_inner().node)?;
         let engine = self.engine()?;
-        let changed = engine.uncordon(&node).await.map_err(to_status)?;
-        let detail = if changed {
-            "made schedulable"
-        } else {
-            "was already schedulable"
+        let nodes = engine.nodes().await.map_err(to_status)?;
+        let state = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
+            .map(CordonState::of);
+        if let Some(CordonState::Claimed(claim)) = &state
+            && self.claims.is_live_on(&node, &claim.owner)
+        {
+            return Err(Status::failed_precondition(match &claim.owner {
+                Owner::Rollout(id) => format!(
+                    "{node} is cordoned by rollout {id}, which is under way: skip the node \
+                     (k3sfleet upgrade skip {node}) or abort the rollout"
+                ),
+                Owner::Drain(actor) => {
+                    format!("{node} is being drained by {actor}; wait for that drain to end")
+                }
+            }));
+        }
+        let was = engine.uncordon_any(&node).await.map_err(to_status)?;
+        let (changed, detail) = match was {
+            CordonState::Schedulable => (false, "was already schedulable".to_string()),
+            CordonState::Claimed(claim) => (
+                true,
+                format!("made schedulable (it was cordoned by k3sfleet for {claim})"),
+            ),
+            CordonState::Foreign => (true, "made schedulable".to_string()),
         };
-        self.audit(&actor, "node.uncordoned", &node, detail.into())
-            .await?;
+        self.audit(&actor, "node.uncordoned", &node, detail).await?;
         Ok(Response::new(UncordonResponse { changed }))
     }
 }
@@ -208,6 +229,7 @@ impl DrainService for DrainApi {
 async fn run_drain(
     engine: &DrainEngine,
     node: &str,
+    claimant: &Claimant<'_>,
     options: &DrainOptions,
     policy: TimeoutPolicy,
     caller: &mpsc::Sender<Result<DrainEvent, Status>>,
@@ -222,7 +244,15 @@ async fn run_drain(
         }
     };
     let drain = async {
-        let drain = cordon_and_drain(engine, node, options, policy, events, cancel.clone());
+        let drain = cordon_and_drain(
+            engine,
+            node,
+            claimant,
+            options,
+            policy,
+            events,
+            cancel.clone(),
+        );
         tokio::pin!(drain);
         tokio::select! {
             result = &mut drain => result,
@@ -274,6 +304,10 @@ fn options_from(request: &DrainRequest, default_timeout: Duration) -> Result<Dra
             0 => DEFAULT_CONCURRENCY,
             n => n as usize,
         },
+        skip_wait_for_delete_timeout: match request.skip_wait_for_delete_timeout_seconds {
+            0 => None,
+            seconds => Some(Duration::from_secs(u64::from(seconds))),
+        },
     })
 }
 
@@ -304,6 +338,12 @@ fn describe_options(options: &DrainOptions, policy: TimeoutPolicy) -> String {
     }
     if let Some(seconds) = options.grace_period_seconds {
         parts.push(format!("grace-period {seconds}s"));
+    }
+    if let Some(timeout) = options.skip_wait_for_delete_timeout {
+        parts.push(format!(
+            "skip-wait-for-delete-timeout {}",
+            go_duration(timeout)
+        ));
     }
     parts.join(", ")
 }
@@ -339,6 +379,7 @@ fn to_status(err: DrainError) -> Status {
         DrainError::NodeNotFound { .. } => Status::not_found(message),
         DrainError::NoEvictionApi => Status::failed_precondition(message),
         DrainError::Conflict { .. } => Status::aborted(message),
+        DrainError::Claimed { .. } => Status::failed_precondition(message),
         DrainError::Kubernetes { .. } => match err.api_code() {
             Some(401 | 403) => Status::permission_denied(format!(
                 "the coordinator's Kubernetes credentials are not allowed: {message}"

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::Stream;
 use k3sfleet_proto::v1::rollout_service_server::RolloutService;
 use k3sfleet_proto::v1::{
-    ControlRolloutRequest, GetRolloutRequest, RolloutAction, RolloutStatus, UpgradeOptions,
-    UpgradePlan,
+    ControlRolloutRequest, GetRolloutRequest, PermanentBlockers, PlanBlocker, RolloutAction,
+    RolloutStatus, UpgradeOptions, UpgradePlan,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,6 +42,7 @@ fn status(err: RolloutError) -> Status {
         RolloutError::NotFound => Status::not_found(err.to_string()),
         RolloutError::NoCluster => Status::failed_precondition(err.to_string()),
         RolloutError::Store(_) => Status::internal(err.to_string()),
+        RolloutError::Stopped => Status::unavailable(err.to_string()),
     }
 }
 
@@ -79,12 +80,33 @@ impl RolloutService for RolloutApi {
                 .filter(|b| b.kind == "artifact")
                 .map(|b| b.message.clone()),
         );
+        let policy = PermanentBlockers::try_from(options.permanent_blockers).map_err(|_| {
+            Status::invalid_argument(format!(
+                "invalid permanent_blockers {}: expected refuse, skip or wait",
+                options.permanent_blockers
+            ))
+        })?;
+        let permanent: Vec<&PlanBlocker> = plan.blockers.iter().filter(|b| b.permanent).collect();
+        if policy == PermanentBlockers::Refuse && !permanent.is_empty() {
+            reasons.push(format!(
+                "{} (choose --permanent-blockers skip to leave those nodes out, or wait to start anyway)",
+                permanent
+                    .iter()
+                    .map(|b| format!("{}: {}", b.node, b.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
         if !reasons.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "the upgrade cannot start: {}",
                 reasons.join("; ")
             )));
         }
+        let left_out: Vec<String> = match policy {
+            PermanentBlockers::Skip => permanent.iter().map(|b| b.node.clone()).collect(),
+            _ => Vec::new(),
+        };
         if plan.waves.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "every selected node runs {} already",
@@ -92,10 +114,14 @@ impl RolloutService for RolloutApi {
             )));
         }
         let valid = validate(options).map_err(status)?;
-        let nodes = initial_nodes(
+        let mut nodes = initial_nodes(
             &self.engine.candidates(&valid.options),
             &plan.target_version,
         );
+        for node in nodes.iter_mut().filter(|n| left_out.contains(&n.node)) {
+            node.step = crate::rollout::state::Step::Skipped;
+            node.failure = "left out: its drain could not finish as things stand".into();
+        }
         let rollout = self
             .engine
             .start(valid.options, nodes, &actor)
@@ -130,6 +156,7 @@ impl RolloutService for RolloutApi {
         let engine = self.engine.clone();
         tokio::spawn(async move {
             let mut changes = engine.subscribe();
+            changes.mark_unchanged();
             let mut current = first;
             loop {
                 let finished = matches!(current.phase.as_str(), "completed" | "aborted");
@@ -159,7 +186,11 @@ impl RolloutService for RolloutApi {
         request: Request<ControlRolloutRequest>,
     ) -> Result<Response<RolloutStatus>, Status> {
         let actor = auth::caller(&request)?.audit_name();
-        let ControlRolloutRequest { action, node } = request.into_inner();
+        let ControlRolloutRequest {
+            action,
+            node,
+            expected_generation,
+        } = request.into_inner();
         let needs_node = |node: String| {
             if node.is_empty() {
                 Err(Status::invalid_argument("retry and skip need a node name"))
@@ -177,7 +208,11 @@ impl RolloutService for RolloutApi {
                 return Err(Status::invalid_argument("say what to do with the rollout"));
             }
         };
-        let rollout = self.engine.control(control, &actor).await.map_err(status)?;
+        let rollout = self
+            .engine
+            .control(control, &actor, expected_generation)
+            .await
+            .map_err(status)?;
         self.engine
             .status(rollout.id as u64)
             .await

@@ -52,8 +52,20 @@ pub enum K3sCommand {
         options: CommandOptions,
     },
     /// Put the previous K3s binary back on a node and restart it.
+    ///
+    /// Declarative: names the binary to run, so running it again after an
+    /// interruption changes nothing once that binary runs.
+    // The field `version` (--to) collides with clap's propagated `--version`
+    // flag as in Install (a panic in debug builds).
+    #[command(disable_version_flag = true)]
     Rollback {
         node: String,
+        /// The release to return to [default: the previous version the node reports]
+        #[arg(long = "to", value_name = "VERSION")]
+        version: Option<String>,
+        /// The SHA-256 of that release's binary, when known
+        #[arg(long)]
+        sha256: Option<String>,
         #[command(flatten)]
         options: CommandOptions,
     },
@@ -70,8 +82,12 @@ pub enum K3sCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TailscaleCommand {
-    /// Run `tailscale up` on a node. The auth key is read from a file or stdin,
-    /// never from the command line, and is passed to tailscale in a 0600 file.
+    /// Run `tailscale up` on a node with the complete desired settings
+    /// (what is not named goes back to its default). The auth key is read
+    /// from a file or stdin, never from the command line, and is passed to
+    /// tailscale in a 0600 file; a Running node whose control server and
+    /// tags stay is changed in place without using it. The same settings
+    /// again change nothing.
     Up {
         node: String,
         /// File holding the auth key, or - for stdin
@@ -80,13 +96,17 @@ pub enum TailscaleCommand {
         /// Tailscale hostname [default: the node name]
         #[arg(long)]
         hostname: Option<String>,
-        /// Tags to advertise, e.g. tag:k3s (repeatable)
+        /// Tags to advertise, e.g. tag:k3s (repeatable); leave out when the
+        /// key carries the tags (Headscale's pre-auth keys must)
         #[arg(long = "tag")]
         tags: Vec<String>,
-        /// Control server URL (e.g. a Headscale server)
+        /// Control server URL (e.g. a Headscale server); http:// only where
+        /// the agent's config allows it
         #[arg(long)]
         login_server: Option<String>,
-        /// Further `tailscale up` flags, e.g. --extra-flag=--ssh (repeatable)
+        /// Further `tailscale up` flags (repeatable): --accept-routes,
+        /// --accept-dns, --shields-up; others (--ssh, exit-node flags, ...)
+        /// only where the agent's host.tailscale.allow_flags lists them
         #[arg(long = "extra-flag", allow_hyphen_values = true)]
         extra_flags: Vec<String>,
         #[command(flatten)]
@@ -131,11 +151,23 @@ pub async fn k3s(connection: &ConnectionArgs, command: K3sCommand) -> anyhow::Re
             });
             run_on(connection, node, action, options).await
         }
-        K3sCommand::Rollback { node, options } => {
+        K3sCommand::Rollback {
+            node,
+            version,
+            sha256,
+            options,
+        } => {
+            let version = match version {
+                Some(version) => version,
+                None => previous_version(connection, &node).await?,
+            };
             run_on(
                 connection,
                 node,
-                command::Action::RollbackK3s(RollbackK3s {}),
+                command::Action::RollbackK3s(RollbackK3s {
+                    version,
+                    sha256: sha256.unwrap_or_default(),
+                }),
                 options,
             )
             .await
@@ -202,6 +234,28 @@ pub async fn remediate(
 }
 
 /// Sends one command and prints its progress; the exit code is the outcome.
+/// The version a node keeps for rollback, as its agent last reported it.
+async fn previous_version(connection: &ConnectionArgs, node: &str) -> anyhow::Result<String> {
+    let mut client = AdminServiceClient::new(connection.connect().await?);
+    let detail = client
+        .get_node(k3sfleet_proto::v1::GetNodeRequest {
+            name: node.to_string(),
+        })
+        .await?
+        .into_inner();
+    let previous = detail
+        .last_report
+        .and_then(|r| r.k3s)
+        .map(|k| k.previous_version)
+        .unwrap_or_default();
+    if previous.is_empty() {
+        anyhow::bail!(
+            "{node} reports no previous K3s binary to roll back to; name one with --to VERSION"
+        );
+    }
+    Ok(previous)
+}
+
 async fn run_on(
     connection: &ConnectionArgs,
     node: String,

@@ -41,9 +41,13 @@ pub struct DrainArgs {
     /// What to do with the node if the drain does not finish
     #[arg(long, value_enum, default_value_t = OnTimeout::LeaveCordoned)]
     on_timeout: OnTimeout,
-    /// Pods evicted at once [default: the coordinator's, 8]
+    /// Eviction requests in flight at once [default: the coordinator's, 8]
     #[arg(long)]
     concurrency: Option<u32>,
+    /// A pod still terminating this long counts as gone (as kubectl's flag;
+    /// it does not get past a PodDisruptionBudget) [default: wait for every pod]
+    #[arg(long, value_parser = k3sfleet_daemon::duration::parse)]
+    skip_wait_for_delete_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,6 +80,9 @@ pub async fn drain(connection: &ConnectionArgs, args: DrainArgs) -> anyhow::Resu
             OnTimeout::Uncordon => TimeoutPolicy::Uncordon,
         } as i32,
         concurrency: args.concurrency.unwrap_or(0),
+        skip_wait_for_delete_timeout_seconds: args
+            .skip_wait_for_delete_timeout
+            .map_or(0, |d| d.as_secs().max(1) as u32),
     };
     let mut client = DrainServiceClient::new(connection.connect().await?);
     let mut events = client.drain(request).await?.into_inner();
@@ -188,14 +195,24 @@ fn plan_text(node: &str, plan: &DrainPlan) -> String {
     reasons("refuse", &plan.refused, &mut text);
     for block in &plan.blocking {
         let pods: Vec<String> = block.pods.iter().map(|p| pod(&Some(p.clone()))).collect();
+        let when = if block.permanent.is_empty() {
+            "blocks now"
+        } else {
+            "will never allow it"
+        };
         text.push_str(&format!(
-            "  PDB {} blocks now ({} healthy, needs {}, allows {}): {}\n",
+            "  PDB {} {when} ({} healthy, needs {}, allows {}): {}\n",
             block.pdb,
             block.current_healthy,
             block.desired_healthy,
             block.disruptions_allowed.max(0),
             pods.join(", ")
         ));
+        for note in [&block.permanent, &block.longhorn] {
+            if !note.is_empty() {
+                text.push_str(&format!("    {note}\n"));
+            }
+        }
     }
     text
 }
@@ -284,6 +301,8 @@ mod tests {
                 desired_healthy: 3,
                 disruptions_allowed: 0,
                 pods: vec![pod_ref("web-1")],
+                permanent: String::new(),
+                longhorn: String::new(),
             }],
         };
         assert_eq!(

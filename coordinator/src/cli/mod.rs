@@ -1,11 +1,13 @@
 //! The `k3sfleet` operator CLI.
 
 mod access;
+mod check;
 mod commands;
 mod connection;
 mod drain;
 mod nodes;
 mod output;
+mod release;
 mod rollout_view;
 mod upgrade;
 
@@ -88,6 +90,12 @@ pub enum CliCommand {
     /// Rolling K3s upgrades of the fleet.
     #[command(subcommand)]
     Upgrade(upgrade::UpgradeCommand),
+    /// Look for what would make a rolling upgrade slow or unsafe.
+    #[command(subcommand)]
+    Check(check::CheckCommand),
+    /// Sign K3s releases with an offline key, so hosts install only those (no coordinator needed).
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
 }
 
 /// Runs the CLI; the exit code says whether it worked.
@@ -110,6 +118,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::Cert(command) => access::cert(&connection, command).await,
         CliCommand::Enroll(args) => access::enroll(&connection, args).await,
         CliCommand::Upgrade(command) => upgrade::run(&connection, command).await,
+        CliCommand::Check(command) => check::run(&connection, command).await,
+        CliCommand::Release(command) => release::run(command),
     }
 }
 

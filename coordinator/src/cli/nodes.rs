@@ -199,9 +199,40 @@ pub fn describe_node(detail: &NodeDetail) -> String {
         } else if !ts.error.is_empty() {
             format!("unknown ({})", ts.error)
         } else {
-            format!("{} {}", ts.backend_state, ts.tailscale_ips.join(" "))
+            format!(
+                "{} {}{}",
+                ts.backend_state,
+                ts.tailscale_ips.join(" "),
+                if ts.backend_state == "Running" && !ts.online {
+                    " (not connected to its control server)"
+                } else {
+                    ""
+                }
+            )
         };
         let _ = writeln!(out, "Tailscale:   {state}");
+        if !ts.dns_name.is_empty() {
+            let tags = if ts.tags.is_empty() {
+                "no tags".to_string()
+            } else {
+                ts.tags.join(",")
+            };
+            let _ = writeln!(out, "  name:      {} ({tags})", ts.dns_name);
+        }
+        if ts.key_expired {
+            let _ = writeln!(out, "  key:       expired");
+        } else if ts.key_expiry_unix_ms > 0 {
+            let _ = writeln!(
+                out,
+                "  key:       expires {}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_millis(ts.key_expiry_unix_ms as u64)
+                )
+            );
+        } else if ts.backend_state == "Running" {
+            let _ = writeln!(out, "  key:       does not expire");
+        }
     }
     if !report.disks.is_empty() {
         out.push_str("\nDisks:\n");

@@ -70,15 +70,35 @@ pub fn plan(plan: &UpgradePlan) -> String {
     {
         let _ = writeln!(out, "Each worker: {}", first.steps.join(" -> "));
     }
-    if !plan.blockers.is_empty() {
+    if !plan.longhorn_policy.is_empty() {
+        let _ = writeln!(
+            out,
+            "Longhorn's node drain policy: {}",
+            plan.longhorn_policy
+        );
+    }
+    let line = |out: &mut String, blocker: &k3sfleet_proto::v1::PlanBlocker| {
+        let node = if blocker.node.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", blocker.node)
+        };
+        let _ = writeln!(out, "  [{}] {node}{}", blocker.kind, blocker.message);
+    };
+    let (permanent, passing): (Vec<_>, Vec<_>) = plan.blockers.iter().partition(|b| b.permanent);
+    if !passing.is_empty() {
         let _ = writeln!(out, "Would block right now:");
-        for blocker in &plan.blockers {
-            let node = if blocker.node.is_empty() {
-                String::new()
-            } else {
-                format!("{}: ", blocker.node)
-            };
-            let _ = writeln!(out, "  [{}] {node}{}", blocker.kind, blocker.message);
+        for blocker in passing {
+            line(&mut out, blocker);
+        }
+    }
+    if !permanent.is_empty() {
+        let _ = writeln!(
+            out,
+            "Will not pass by waiting (start refuses unless --permanent-blockers skip or wait):"
+        );
+        for blocker in permanent {
+            line(&mut out, blocker);
         }
     }
     if !plan.refusals.is_empty() {
@@ -335,13 +355,23 @@ mod tests {
                 rule: "no-downgrade".into(),
                 message: "x runs newer".into(),
             }],
-            blockers: vec![PlanBlocker {
-                node: "worker-02".into(),
-                kind: "agent".into(),
-                message: "the agent is not connected".into(),
-            }],
+            blockers: vec![
+                PlanBlocker {
+                    node: "worker-02".into(),
+                    kind: "agent".into(),
+                    message: "the agent is not connected".into(),
+                    permanent: false,
+                },
+                PlanBlocker {
+                    node: "worker-01".into(),
+                    kind: "pdb".into(),
+                    message: "PDB db/pg never allows".into(),
+                    permanent: true,
+                },
+            ],
             waves_one_at_a_time: 3,
             max_unavailable: 2,
+            longhorn_policy: "block-if-contains-last-replica".into(),
         });
         assert_eq!(
             text,
@@ -350,8 +380,11 @@ mod tests {
              \x20 wave  2: worker-01, worker-02 (agent: v1.31.4+k3s1 -> v1.31.5+k3s1)\n\
              Each server: pre_check -> cordon\n\
              Each worker: pre_check -> cordon\n\
+             Longhorn's node drain policy: block-if-contains-last-replica\n\
              Would block right now:\n\
              \x20 [agent] worker-02: the agent is not connected\n\
+             Will not pass by waiting (start refuses unless --permanent-blockers skip or wait):\n\
+             \x20 [pdb] worker-01: PDB db/pg never allows\n\
              Refused:\n\
              \x20 x runs newer (rule no-downgrade)\n"
         );

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use k3sfleet_proto::v1::rollout_service_client::RolloutServiceClient;
 use k3sfleet_proto::v1::{
-    ArtifactSource, ControlRolloutRequest, FromCoordinator, GetRolloutRequest, RolloutAction,
-    RolloutStatus, UpgradeOptions, artifact_source,
+    ArtifactSource, ControlRolloutRequest, FromCoordinator, GetRolloutRequest, PermanentBlockers,
+    RolloutAction, RolloutStatus, UpgradeOptions, artifact_source,
 };
 use tonic::transport::Channel;
 
@@ -93,15 +93,51 @@ pub struct OptionsArgs {
     /// Hosts read artifacts from this directory on themselves
     #[arg(long)]
     local_dir: Option<String>,
-    /// Prometheus/VictoriaMetrics URL: a node settles only while no alert fires
+    /// Prometheus/VictoriaMetrics URL: while an alert fires, no new node starts;
+    /// held past --alerts-hold-timeout, the rollout pauses naming the alerts
     #[arg(long)]
     alerts_url: Option<String>,
+    /// Alert names to ignore, as regular expressions (repeatable) [default:
+    /// ^Watchdog$, ^InfoInhibitor$, ^K3sfleetRollout, ^K3sfleetNodeStuckCordoned$]
+    #[arg(long = "alerts-ignore", value_name = "REGEX")]
+    alerts_ignore: Vec<String>,
+    /// Only alerts whose names match count (repeatable) [default: every alert]
+    #[arg(long = "alerts-match", value_name = "REGEX")]
+    alerts_match: Vec<String>,
+    /// The PromQL whose series are the firing alerts [default: ALERTS{alertstate="firing"}]
+    #[arg(long)]
+    alerts_query: Option<String>,
+    /// How long alerts may hold the rollout before it pauses
+    #[arg(long, default_value = "15m", value_parser = k3sfleet_daemon::duration::parse)]
+    alerts_hold_timeout: Duration,
     /// Evict pods with emptyDir volumes (their data is lost)
     #[arg(long)]
     delete_emptydir_data: bool,
     /// Evict pods no controller recreates (they are gone for good)
     #[arg(long)]
     force: bool,
+    /// A pod still terminating this long counts as gone [default: wait for every pod]
+    #[arg(long, value_parser = k3sfleet_daemon::duration::parse)]
+    skip_wait_for_delete_timeout: Option<Duration>,
+    /// Before draining a Longhorn node, have Longhorn move its replicas off and wait for it
+    #[arg(long)]
+    longhorn_evict_replicas: bool,
+    /// How long Longhorn's rebuilds may keep every node from starting before the rollout pauses
+    #[arg(long, default_value = "30m", value_parser = k3sfleet_daemon::duration::parse)]
+    longhorn_rebuild_timeout: Duration,
+    /// Nodes whose drain could never finish as things stand: refuse to start, skip them, or wait
+    #[arg(long, value_enum, default_value_t = PermanentBlockersArg::Refuse)]
+    permanent_blockers: PermanentBlockersArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PermanentBlockersArg {
+    /// Refuse to start, naming each blocker and what would fix it
+    Refuse,
+    /// Leave those nodes out of the rollout
+    Skip,
+    /// Start anyway; their drains wait until someone fixes it, or time out
+    Wait,
 }
 
 impl OptionsArgs {
@@ -122,8 +158,22 @@ impl OptionsArgs {
             windows: self.windows.clone(),
             source: Some(ArtifactSource { kind: Some(kind) }),
             alerts_url: self.alerts_url.clone().unwrap_or_default(),
+            alerts_ignore: self.alerts_ignore.clone(),
+            alerts_match: self.alerts_match.clone(),
+            alerts_query: self.alerts_query.clone().unwrap_or_default(),
+            alerts_hold_timeout_seconds: self.alerts_hold_timeout.as_secs() as u32,
             delete_emptydir_data: self.delete_emptydir_data,
             force: self.force,
+            skip_wait_for_delete_timeout_seconds: self
+                .skip_wait_for_delete_timeout
+                .map_or(0, |d| d.as_secs().max(1) as u32),
+            longhorn_evict_replicas: self.longhorn_evict_replicas,
+            longhorn_rebuild_timeout_seconds: self.longhorn_rebuild_timeout.as_secs() as u32,
+            permanent_blockers: match self.permanent_blockers {
+                PermanentBlockersArg::Refuse => PermanentBlockers::Refuse,
+                PermanentBlockersArg::Skip => PermanentBlockers::Skip,
+                PermanentBlockersArg::Wait => PermanentBlockers::Wait,
+            } as i32,
         }
     }
 }
@@ -133,6 +183,7 @@ pub async fn run(connection: &ConnectionArgs, command: UpgradeCommand) -> anyhow
     let control = |action: RolloutAction, node: &str| ControlRolloutRequest {
         action: action as i32,
         node: node.to_string(),
+        expected_generation: 0,
     };
     let request = match command {
         UpgradeCommand::Plan {

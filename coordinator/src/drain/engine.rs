@@ -98,6 +98,7 @@ pub async fn run(
         version,
         retry: engine.retry,
         grace_period_seconds: options.grace_period_seconds,
+        skip_wait_for_delete_timeout: options.skip_wait_for_delete_timeout,
         pods: &pods,
         pdbs: &pdbs,
         events: &events,
@@ -110,6 +111,14 @@ pub async fn run(
         ),
         clock: Mutex::new(WaitClock::default()),
         started,
+        workloads_left: tokio::sync::watch::channel(
+            plan.evict
+                .iter()
+                .filter(|p| !is_instance_manager(p))
+                .count(),
+        )
+        .0,
+        longhorn: tokio::sync::Mutex::new(None),
     };
     let mut work: FuturesUnordered<_> = plan.evict.iter().map(|pod| drain.remove(pod)).collect();
     loop {
@@ -154,6 +163,7 @@ struct Drain<'a> {
     version: EvictionVersion,
     retry: RetryPolicy,
     grace_period_seconds: Option<i64>,
+    skip_wait_for_delete_timeout: Option<Duration>,
     pods: &'a Live<Pod>,
     pdbs: &'a Live<PodDisruptionBudget>,
     events: &'a mpsc::Sender<DrainEvent>,
@@ -161,6 +171,26 @@ struct Drain<'a> {
     states: Mutex<BTreeMap<String, PodState>>,
     clock: Mutex<WaitClock>,
     started: Instant,
+    /// Workload pods not yet gone; Longhorn's instance managers are evicted
+    /// only after them, since Longhorn releases their budgets once the
+    /// workloads' volumes have detached.
+    workloads_left: tokio::sync::watch::Sender<usize>,
+    /// Longhorn's state, re-read at most every few seconds, to say what it waits for.
+    longhorn: tokio::sync::Mutex<Option<(Instant, Option<crate::longhorn::LonghornView>)>>,
+}
+
+/// How often a drain waiting on Longhorn reads its state again.
+const LONGHORN_REFRESH: Duration = Duration::from_secs(5);
+
+/// A Longhorn instance-manager pod: evicted last.
+fn is_instance_manager(pod: &Pod) -> bool {
+    pod.metadata.namespace.as_deref() == Some(crate::longhorn::NAMESPACE)
+        && pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(crate::longhorn::COMPONENT_LABEL))
+            .is_some_and(|c| c == crate::longhorn::INSTANCE_MANAGER)
 }
 
 /// How an eviction loop ended.
@@ -179,28 +209,37 @@ impl Drain<'_> {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
         };
         let key = id.key();
-        let evicted = {
-            let _slot = self
-                .slots
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            self.set_state(&key, PodState::Evicting);
-            send(
-                self.events,
-                drain_event::Event::Evicting(PodEvicting {
-                    pod: Some(pod_ref(pod)),
-                }),
-            )
-            .await;
-            tracing::info!(pod = key, "evicting");
-            self.evict(pod, &id).await?
-        };
+        let instance_manager = is_instance_manager(pod);
+        if instance_manager {
+            let mut left = self.workloads_left.subscribe();
+            let _ = left.wait_for(|n| *n == 0).await;
+        }
+        let done = self.remove_now(pod, &id, &key).await;
+        if !instance_manager {
+            self.workloads_left
+                .send_modify(|n| *n = n.saturating_sub(1));
+        }
+        done
+    }
+
+    async fn remove_now(&self, pod: &Pod, id: &PodId, key: &str) -> Result<(), String> {
+        let id = id.clone();
+        let key = key.to_string();
+        self.set_state(&key, PodState::Evicting);
+        send(
+            self.events,
+            drain_event::Event::Evicting(PodEvicting {
+                pod: Some(pod_ref(pod)),
+            }),
+        )
+        .await;
+        tracing::info!(pod = key, "evicting");
+        let evicted = self.evict(pod, &id).await?;
         if matches!(evicted, Evicted::Accepted) {
             let since = Instant::now();
             self.set_state(&key, PodState::Terminating { since });
             self.clock().begin(TERMINATION, since);
-            self.wait_gone(&id).await;
+            self.wait_gone(&id, since).await;
             self.clock().end(TERMINATION, Instant::now());
         }
         self.set_state(&key, PodState::Gone);
@@ -221,14 +260,32 @@ impl Drain<'_> {
         let mut attempts = 0u32;
         // The reason this pod is waiting for, and since when.
         let mut waiting: Option<(String, Instant)> = None;
+        // After an answer that may have been lost, the pod is looked up
+        // directly: the eviction may have been admitted and the pod's
+        // controller may have made a new one of that name, which the watch
+        // may not show yet. Asking again with the old UID would be refused
+        // (409) only after the API server had spent the budget's disruption
+        // on it, for up to two minutes.
+        let mut answer_lost = false;
         let outcome = loop {
-            if self.is_gone(id) {
+            if self.is_gone(id) || (answer_lost && self.gone_by_lookup(id).await) {
                 break Ok(Evicted::Gone);
             }
             attempts += 1;
-            let answer = classify(
-                &eviction::evict(self.client, id, self.version, self.grace_period_seconds).await,
-            );
+            let answer = {
+                // A slot is held only while the request is in flight: a pod
+                // waiting on its budget must not starve the node's others.
+                let _slot = self
+                    .slots
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                classify(
+                    &eviction::evict(self.client, id, self.version, self.grace_period_seconds)
+                        .await,
+                )
+            };
+            answer_lost = matches!(answer, Answer::Transient(_));
             let (pdb, healthy, message) = match answer {
                 Answer::Accepted => break Ok(Evicted::Accepted),
                 Answer::Gone => break Ok(Evicted::Gone),
@@ -258,6 +315,22 @@ impl Drain<'_> {
                         .map(|v| (v.current_healthy, v.desired_healthy))
                 })
                 .unwrap_or_default();
+            // Longhorn's budgets say nothing of why: Longhorn's state does.
+            let message = match &view {
+                Some(budget) if budget.longhorn_instance_manager => {
+                    let node = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .unwrap_or_default();
+                    format!("{message} {}", self.longhorn_waits_for(&node).await)
+                }
+                Some(budget) => match budget.earlier_evictions() {
+                    Some(held) => format!("{message}; {held}"),
+                    None => message,
+                },
+                None => message,
+            };
             self.set_state(
                 &key,
                 PodState::Blocked {
@@ -300,6 +373,29 @@ impl Drain<'_> {
             self.clock().end(&reason, Instant::now());
         }
         outcome
+    }
+
+    /// What Longhorn waits for before it lets `node`'s instance manager go.
+    async fn longhorn_waits_for(&self, node: &str) -> String {
+        let mut cached = self.longhorn.lock().await;
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < LONGHORN_REFRESH);
+        if !fresh {
+            match crate::longhorn::read(self.client).await {
+                Ok(view) => *cached = Some((Instant::now(), view)),
+                Err(err) => {
+                    return format!(
+                        "(cannot read Longhorn's state: {})",
+                        super::error::one_line(&err)
+                    );
+                }
+            }
+        }
+        match cached.as_ref().and_then(|(_, view)| view.as_ref()) {
+            Some(view) => crate::longhorn::rules::why_instance_manager_stays(view, node),
+            None => String::new(),
+        }
     }
 
     /// Switches this pod's wait to `reason`; returns since when it has been
@@ -346,18 +442,34 @@ impl Drain<'_> {
     }
 
     /// Waits until no pod with this UID exists: by the watch, checked directly
-    /// now and then.
-    async fn wait_gone(&self, id: &PodId) {
+    /// now and then; or, with `skip_wait_for_delete_timeout`, until the pod
+    /// has been terminating that long (kubectl measures from the pod's
+    /// deletionTimestamp; its clock is the API server's, ours is when the
+    /// eviction was accepted, which is no earlier).
+    async fn wait_gone(&self, id: &PodId, evicted_at: Instant) {
+        let give_up = self
+            .skip_wait_for_delete_timeout
+            .map(|timeout| evicted_at + timeout);
         let mut changes = self.pods.changes();
         loop {
             if self.is_gone(id) {
                 return;
             }
+            if give_up.is_some_and(|at| Instant::now() >= at) {
+                tracing::warn!(
+                    pod = id.key(),
+                    "still terminating after skip-wait-for-delete-timeout; not waiting for it"
+                );
+                return;
+            }
+            let recheck = give_up.map_or(RECHECK_INTERVAL, |at| {
+                RECHECK_INTERVAL.min(at.saturating_duration_since(Instant::now()))
+            });
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() {
-                    sleep(RECHECK_INTERVAL).await;
+                    sleep(recheck).await;
                 },
-                _ = sleep(RECHECK_INTERVAL) => {
+                _ = sleep(recheck) => {
                     if self.gone_by_lookup(id).await {
                         return;
                     }

@@ -19,6 +19,18 @@ pub enum DrainError {
     NoEvictionApi,
     #[error("node {node:?} kept changing while {action}; try again")]
     Conflict { node: String, action: &'static str },
+    #[error("{node} is cordoned by k3sfleet for {}: leave it to that, or abort it first", describe_owner(&.claim.owner))]
+    Claimed {
+        node: String,
+        claim: super::claim::Claim,
+    },
+}
+
+fn describe_owner(owner: &super::claim::Owner) -> String {
+    match owner {
+        super::claim::Owner::Rollout(id) => format!("rollout {id}, which is under way"),
+        super::claim::Owner::Drain(actor) => format!("a drain by {actor}, which is running"),
+    }
 }
 
 impl DrainError {
@@ -35,7 +47,9 @@ impl DrainError {
         match self {
             DrainError::Kubernetes { source, .. } => is_transient(source),
             DrainError::Conflict { .. } => true,
-            DrainError::NodeNotFound { .. } | DrainError::NoEvictionApi => false,
+            DrainError::NodeNotFound { .. }
+            | DrainError::NoEvictionApi
+            | DrainError::Claimed { .. } => false,
         }
     }
 
@@ -64,13 +78,55 @@ pub(crate) fn is_transient(error: &kube::Error) -> bool {
 }
 
 /// An error and its causes on one line, for result messages.
-pub fn one_line(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
+/// An answer of the API server reads as its message and HTTP code (kube's
+/// own text of it embeds a debug dump of the Status).
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        if let Some(kube::Error::Api(status)) = cause.downcast_ref::<kube::Error>() {
+            text.push_str(&api_status(status));
+            break;
+        }
         text.push_str(&cause.to_string());
-        source = cause.source();
+        next = cause.source();
     }
     text
+}
+
+fn api_status(status: &kube::core::Status) -> String {
+    let message = if status.message.is_empty() {
+        "the API server refused the request"
+    } else {
+        &status.message
+    };
+    format!("{message} (HTTP {})", status.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_answer_reads_as_its_message_and_code() {
+        let status = kube::core::Status {
+            code: 403,
+            message: r#"volumes.longhorn.io is forbidden: User "k3sfleet-coordinator" cannot list resource "volumes""#.into(),
+            reason: "Forbidden".into(),
+            ..Default::default()
+        };
+        let err = DrainError::kubernetes(
+            "listing Longhorn volumes",
+            kube::Error::Api(Box::new(status)),
+        );
+        let text = one_line(&err);
+        assert_eq!(
+            text,
+            r#"listing Longhorn volumes failed: volumes.longhorn.io is forbidden: User "k3sfleet-coordinator" cannot list resource "volumes" (HTTP 403)"#
+        );
+        assert!(!text.contains("Status {"), "{text}");
+    }
 }

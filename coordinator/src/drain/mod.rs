@@ -16,20 +16,26 @@
 //!   same name does not keep the drain waiting, and is never evicted again:
 //!   evictions carry a UID precondition);
 //! - the drain has a deadline and ends in a clear outcome; cordoning is
-//!   separate and records whether the node was already unschedulable, so
-//!   callers only ever uncordon what they cordoned ([`session`]).
+//!   separate and writes k3sfleet's claim on the Node in the same PATCH
+//!   ([`claim`]), so callers only ever uncordon what they cordoned, even
+//!   after a crash or a lost answer ([`session`]);
+//! - a pod stuck terminating can be given up on after a while
+//!   (`skip_wait_for_delete_timeout`, as kubectl's flag of that name); it
+//!   does not get past a budget's refusal, only past a pod that never goes.
 //!
 //! The client given to [`DrainEngine::new`] must not retry 429s by itself
 //! (kube's default client does, silently): build it with
 //! [`crate::kube::client`], which turns that off.
 
+pub mod claim;
 pub mod cluster;
 mod engine;
 mod error;
 mod eviction;
-mod node;
-mod pdb;
+pub mod node;
+pub(crate) mod pdb;
 mod plan;
+pub mod registry;
 mod report;
 mod retry;
 pub mod selection;
@@ -48,20 +54,17 @@ use kube::api::ListParams;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use claim::{Claim, CordonState, Owner};
+pub(crate) use error::is_transient as is_transient_kube;
 pub use error::{DrainError, one_line as describe_error};
 pub use eviction::EvictionVersion;
+pub use node::{Cordoned, Uncordoned};
+pub use registry::{Claims, DrainGuard};
 pub use report::go_duration;
 pub use retry::RetryPolicy;
-pub use session::{TimeoutPolicy, cordon_and_drain};
+pub use session::{Claimant, TimeoutPolicy, cordon_and_drain};
 
 use crate::rollout::planner::Budget;
-
-/// The result of [`DrainEngine::cordon`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cordon {
-    /// The node was unschedulable before; whoever cordoned it uncordons it.
-    pub was_unschedulable: bool,
-}
 
 /// How to drain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +77,12 @@ pub struct DrainOptions {
     pub force: bool,
     /// Overrides each pod's terminationGracePeriodSeconds.
     pub grace_period_seconds: Option<i64>,
-    /// Pods being evicted at once (from the first attempt until the API accepts).
+    /// Eviction requests in flight at once. A pod waiting on its budget does
+    /// not hold one, so it never starves the node's other pods.
     pub concurrency: usize,
+    /// A pod still terminating this long after its deletion began counts as
+    /// gone (kubectl drain --skip-wait-for-delete-timeout). None: wait.
+    pub skip_wait_for_delete_timeout: Option<Duration>,
 }
 
 /// Five minutes, like Talos and k0sctl: long enough for replacements to start
@@ -93,6 +100,7 @@ impl Default for DrainOptions {
             force: false,
             grace_period_seconds: None,
             concurrency: DEFAULT_CONCURRENCY,
+            skip_wait_for_delete_timeout: None,
         }
     }
 }
@@ -131,17 +139,102 @@ impl DrainEngine {
         self
     }
 
-    /// Marks the node unschedulable; says whether it already was (so callers
-    /// only ever uncordon what they cordoned). Idempotent.
-    pub async fn cordon(&self, node: &str) -> Result<Cordon, DrainError> {
-        let was_unschedulable = node::set_unschedulable(&self.client, node, true).await?;
-        Ok(Cordon { was_unschedulable })
+    /// Cordons the node under `owner`'s claim, unless it is cordoned already
+    /// (by us, by another k3sfleet owner, or by someone else: the answer
+    /// says which). Idempotent.
+    pub async fn cordon(&self, node: &str, owner: &Owner) -> Result<Cordoned, DrainError> {
+        node::cordon(&self.client, node, owner, jiff::Timestamp::now()).await
     }
 
-    /// Makes the node schedulable; `Ok(false)` if it already was.
-    pub async fn uncordon(&self, node: &str) -> Result<bool, DrainError> {
-        let was_unschedulable = node::set_unschedulable(&self.client, node, false).await?;
-        Ok(was_unschedulable)
+    /// Lifts the node's cordon if `owner` holds it; leaves anyone else's.
+    pub async fn uncordon(&self, node: &str, owner: &Owner) -> Result<Uncordoned, DrainError> {
+        node::uncordon(&self.client, node, owner).await
+    }
+
+    /// Lifts whatever cordon the node has (an operator asked by name); says
+    /// whose it was.
+    pub async fn uncordon_any(&self, node: &str) -> Result<CordonState, DrainError> {
+        node::uncordon_any(&self.client, node).await
+    }
+
+    /// Takes over the cordon held under `from` for `to`.
+    pub async fn adopt(
+        &self,
+        node: &str,
+        from: &Claim,
+        to: &Owner,
+    ) -> Result<Cordoned, DrainError> {
+        node::adopt(&self.client, node, from, to, jiff::Timestamp::now()).await
+    }
+
+    /// Longhorn's volumes, replicas and policy; `None` without Longhorn.
+    pub async fn longhorn(
+        &self,
+    ) -> Result<Option<crate::longhorn::LonghornView>, crate::longhorn::LonghornError> {
+        crate::longhorn::read(&self.client).await
+    }
+
+    /// Asks Longhorn to move the node's replicas off it, or stops asking.
+    pub async fn request_longhorn_eviction(
+        &self,
+        node: &str,
+        requested: bool,
+    ) -> Result<(), crate::longhorn::LonghornError> {
+        crate::longhorn::read::request_eviction(&self.client, node, requested).await
+    }
+
+    /// What `k3sfleet check workloads` finds, in `namespace` (or everywhere).
+    pub async fn check_workloads(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<k3sfleet_proto::v1::WorkloadFinding>, DrainError> {
+        use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+        async fn list<K>(
+            client: &kube::Client,
+            namespace: Option<&str>,
+            what: &str,
+        ) -> Result<Vec<K>, DrainError>
+        where
+            K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+                + Clone
+                + serde::de::DeserializeOwned
+                + std::fmt::Debug,
+            K::DynamicType: Default,
+        {
+            let api: Api<K> = match namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            Ok(api
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| DrainError::kubernetes(format!("listing {what}"), source))?
+                .items)
+        }
+        let deployments: Vec<Deployment> = list(&self.client, namespace, "Deployments").await?;
+        let statefulsets: Vec<StatefulSet> = list(&self.client, namespace, "StatefulSets").await?;
+        let pdbs: Vec<PodDisruptionBudget> =
+            list(&self.client, namespace, "PodDisruptionBudgets").await?;
+        let pods: Vec<Pod> = list(&self.client, namespace, "pods").await?;
+        let nodes = self.nodes().await?;
+        Ok(crate::workloads::check(&crate::workloads::Objects {
+            deployments: &deployments,
+            statefulsets: &statefulsets,
+            pdbs: &pdbs,
+            pods: &pods,
+            nodes: &nodes,
+        }))
+    }
+
+    /// Every node of the cluster (one LIST), for the rollout's observations.
+    pub async fn nodes(&self) -> Result<Vec<k8s_openapi::api::core::v1::Node>, DrainError> {
+        Ok(
+            Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| DrainError::kubernetes("listing the nodes", source))?
+                .items,
+        )
     }
 
     /// The dry run: every pod that would be evicted, skipped (and why), refused
@@ -157,7 +250,22 @@ impl DrainEngine {
             .items;
         let pdbs = self.list_pdbs().await?;
         let missing = plan::missing_daemonsets(&self.client, &pods, None).await?;
-        Ok(plan::Plan::build(pods, &pdbs, &missing, options).to_proto())
+        let mut plan = plan::Plan::build(pods, &pdbs, &missing, options).to_proto();
+        // Longhorn's budgets: say what Longhorn waits for.
+        let longhorn_blocks = plan.blocking.iter().any(|b| {
+            b.pdb
+                .starts_with(&format!("{}/", crate::longhorn::NAMESPACE))
+        });
+        if longhorn_blocks && let Ok(Some(view)) = self.longhorn().await {
+            let why = crate::longhorn::rules::why_instance_manager_stays(&view, node);
+            for block in plan.blocking.iter_mut().filter(|b| {
+                b.pdb
+                    .starts_with(&format!("{}/", crate::longhorn::NAMESPACE))
+            }) {
+                block.longhorn = why.clone();
+            }
+        }
+        Ok(plan)
     }
 
     /// Evicts the node's pods (does NOT cordon: callers cordon first), streaming

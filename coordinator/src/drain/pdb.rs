@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use k3sfleet_proto::v1::PdbBlock;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::{self, Timestamp};
 use kube::core::{Selector, SelectorExt};
 
 use super::selection::{is_ready, is_terminating, phase};
@@ -29,7 +30,19 @@ pub struct PdbView {
     /// `unhealthyPodEvictionPolicy: AlwaysAllow`.
     pub always_allow_unhealthy: bool,
     pub resource_version: Option<String>,
+    /// Pods the disruption controller expects (the workload's scale).
+    pub expected_pods: i32,
+    /// Longhorn's budget on a node's instance manager, which Longhorn lifts
+    /// by itself once the node's volumes allow.
+    pub longhorn_instance_manager: bool,
+    /// `status.disruptedPods`: pods an accepted eviction took a disruption
+    /// for, by name, with the eviction's time.
+    pub disrupted: Vec<(String, Timestamp)>,
 }
+
+/// How long the disruption controller keeps counting a pod as disrupted when
+/// it does not see it go (pkg/controller/disruption: DeletionTimeout).
+const DISRUPTION_FORGOTTEN_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(120);
 
 impl PdbView {
     pub fn new(pdb: &PodDisruptionBudget) -> Self {
@@ -53,7 +66,61 @@ impl PdbView {
                 .and_then(|spec| spec.unhealthy_pod_eviction_policy.as_deref())
                 == Some("AlwaysAllow"),
             resource_version: pdb.metadata.resource_version.clone(),
+            expected_pods: status.expected_pods,
+            longhorn_instance_manager: pdb.metadata.namespace.as_deref()
+                == Some(crate::longhorn::NAMESPACE)
+                && spec
+                    .and_then(|spec| spec.selector.as_ref())
+                    .and_then(|selector| selector.match_labels.as_ref())
+                    .and_then(|labels| labels.get(crate::longhorn::COMPONENT_LABEL))
+                    .is_some_and(|component| component == crate::longhorn::INSTANCE_MANAGER),
+            disrupted: status
+                .disrupted_pods
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(pod, time)| (pod, time.0))
+                .collect(),
         }
+    }
+
+    /// Why the budget is down by pods it counts as disrupted, when it is: the
+    /// controller keeps an entry until it sees that pod terminate, which it
+    /// misses when a StatefulSet brings the pod back under its name first;
+    /// then only the timeout ends it, and waiting is all there is to do.
+    pub fn earlier_evictions(&self) -> Option<String> {
+        let latest = self.disrupted.iter().map(|(_, time)| *time).max()?;
+        let pods: Vec<&str> = self.disrupted.iter().map(|(pod, _)| pod.as_str()).collect();
+        let until = latest.checked_add(DISRUPTION_FORGOTTEN_AFTER).ok()?;
+        Some(format!(
+            "the budget still counts {} as disrupted by an earlier eviction until Kubernetes sees \
+             the pod go, or at the latest until {} (two minutes after the eviction)",
+            pods.join(", "),
+            until.strftime("%H:%M:%SZ")
+        ))
+    }
+
+    /// Why this budget can never allow a disruption while every pod it
+    /// covers is healthy, and what would fix it; `None` when it can (or
+    /// will, by itself: Longhorn lifts its instance managers' budgets).
+    pub fn never_allows(&self) -> Option<String> {
+        if self.longhorn_instance_manager
+            || !self.observed
+            || self.expected_pods <= 0
+            || self.desired_healthy < self.expected_pods
+        {
+            return None;
+        }
+        let fix = if self.expected_pods == 1 {
+            "a single instance cannot be kept up through a drain: run more instances, or drop \
+             the budget (CloudNativePG's enablePDB: false for a one-instance cluster)"
+        } else {
+            "give the workload more replicas than that, or lower minAvailable / raise maxUnavailable"
+        };
+        Some(format!(
+            "PDB {} wants {} of its {} pods healthy, so it never allows a disruption while they \
+             all are: {fix}",
+            self.key, self.desired_healthy, self.expected_pods
+        ))
     }
 
     pub fn all(pdbs: &[PodDisruptionBudget]) -> Vec<PdbView> {
@@ -129,6 +196,8 @@ pub fn blocking(pdbs: &[PdbView], evict: &[Pod]) -> Vec<PdbBlock> {
                 desired_healthy: pdb.desired_healthy,
                 disruptions_allowed: pdb.disruptions_allowed,
                 pods: costly.into_iter().map(pod_ref).collect(),
+                permanent: pdb.never_allows().unwrap_or_default(),
+                longhorn: String::new(),
             });
         }
     }
@@ -159,6 +228,7 @@ pub fn budgets(pdbs: &[PodDisruptionBudget], pods: &[Pod]) -> Vec<Budget> {
                 0
             };
             Budget {
+                permanent: pdb.never_allows(),
                 name: pdb.key,
                 allowed,
                 pods_on,
@@ -319,6 +389,57 @@ pub(crate) mod tests {
         );
         short.spec.as_mut().unwrap().unhealthy_pod_eviction_policy = Some("AlwaysAllow".into());
         assert!(blocking(&PdbView::all(&[short]), &[unready]).is_empty());
+    }
+
+    #[test]
+    fn a_budget_that_wants_every_pod_never_allows_one_and_says_how_to_fix_it() {
+        let mut all = pdb("db-primary", "db", 1, 1, 0);
+        all.status.as_mut().unwrap().expected_pods = 1;
+        let why = PdbView::new(&all).never_allows().unwrap();
+        assert!(
+            why.contains("wants 1 of its 1 pods") && why.contains("enablePDB"),
+            "{why}"
+        );
+        // Exhausted now, but it will recover once a replacement is Ready.
+        let mut short = pdb("web", "web", 2, 2, 0);
+        short.status.as_mut().unwrap().expected_pods = 3;
+        assert_eq!(PdbView::new(&short).never_allows(), None);
+        // Longhorn lifts its own budgets.
+        let mut longhorn = pdb("instance-manager-abc", "x", 1, 1, 0);
+        longhorn.metadata.namespace = Some("longhorn-system".into());
+        longhorn.status.as_mut().unwrap().expected_pods = 1;
+        longhorn.spec.as_mut().unwrap().selector = Some(LabelSelector {
+            match_labels: Some(
+                [(
+                    "longhorn.io/component".to_string(),
+                    "instance-manager".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        });
+        let view = PdbView::new(&longhorn);
+        assert!(view.longhorn_instance_manager);
+        assert_eq!(view.never_allows(), None);
+    }
+
+    #[test]
+    fn a_budget_down_by_an_earlier_eviction_says_until_when() {
+        let mut db = pdb("db", "db", 2, 3, 0);
+        assert_eq!(PdbView::new(&db).earlier_evictions(), None);
+        let evicted: k8s_openapi::jiff::Timestamp = "2026-12-01T10:00:05Z".parse().unwrap();
+        db.status.as_mut().unwrap().disrupted_pods = Some(
+            [(
+                "db-0".to_string(),
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(evicted),
+            )]
+            .into(),
+        );
+        let note = PdbView::new(&db).earlier_evictions().unwrap();
+        assert!(
+            note.contains("counts db-0 as disrupted") && note.contains("until 10:02:05Z"),
+            "{note}"
+        );
     }
 
     #[test]

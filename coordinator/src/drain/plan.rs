@@ -92,20 +92,39 @@ impl Plan {
 
     /// Why the drain cannot start, if it cannot.
     pub fn refusal(&self, node: &str) -> Option<String> {
-        if self.refused.is_empty() {
-            return None;
-        }
-        let pods: Vec<String> = self
-            .refused
-            .iter()
-            .map(|(pod, why)| format!("{} ({why})", pod_key(pod)))
-            .collect();
-        Some(format!(
-            "cannot drain {node}: {} cannot be evicted: {}",
-            count(pods.len(), "pod"),
-            pods.join("; ")
-        ))
+        refusal_text(
+            node,
+            self.refused
+                .iter()
+                .map(|(pod, why)| format!("{} ({why})", pod_key(pod)))
+                .collect(),
+        )
     }
+}
+
+/// Why a drain with this (dry-run) plan cannot start, if it cannot.
+pub fn refusal_of(node: &str, plan: &DrainPlan) -> Option<String> {
+    refusal_text(
+        node,
+        plan.refused
+            .iter()
+            .map(|refused| {
+                let pod = refused.pod.clone().unwrap_or_default();
+                format!("{}/{} ({})", pod.namespace, pod.name, refused.reason)
+            })
+            .collect(),
+    )
+}
+
+fn refusal_text(node: &str, pods: Vec<String>) -> Option<String> {
+    if pods.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "cannot drain {node}: {} cannot be evicted: {}",
+        count(pods.len(), "pod"),
+        pods.join("; ")
+    ))
 }
 
 /// "1 pod", "3 pods".

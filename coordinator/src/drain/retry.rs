@@ -67,7 +67,10 @@ pub enum Fatal {
 /// What the API server says when a pod has more than one budget.
 const MULTIPLE_BUDGETS: &str = "more than one PodDisruptionBudget";
 /// A 409 from the UID precondition: the pod under this name is another one.
-const UID_PRECONDITION: &str = "UID in precondition";
+/// The eviction handler says it in its own words (eviction.go,
+/// addConditionAndDeletePod); the storage layer in others (interfaces.go,
+/// Preconditions.Check).
+const UID_PRECONDITION: [&str; 2] = ["UID in the precondition", "UID in precondition"];
 /// The cause message naming the budget: "The disruption budget web needs 3
 /// healthy pods and has 3 currently" (eviction.go).
 const BUDGET_CAUSE_PREFIX: &str = "The disruption budget ";
@@ -91,7 +94,7 @@ pub fn classify(result: &Result<(), kube::Error>) -> Answer {
     let message = status.message.clone();
     match status.code {
         404 => Answer::Gone,
-        409 if message.contains(UID_PRECONDITION) => Answer::Gone,
+        409 if UID_PRECONDITION.iter().any(|m| message.contains(m)) => Answer::Gone,
         429 => {
             let details = status.details.as_ref();
             let causes = || details.into_iter().flat_map(|d| &d.causes);
@@ -262,6 +265,11 @@ mod tests {
         );
         let recreated = "Precondition failed: UID in precondition: a, UID in object meta: b";
         assert_eq!(classify(&api_error(409, recreated, None)), Answer::Gone);
+        // kube-apiserver 1.36's eviction handler.
+        let evicted = "Operation cannot be fulfilled on Pod \"db-0\": the UID in the precondition (a) \
+                       does not match the UID in record (b). The object might have been deleted and \
+                       then recreated";
+        assert_eq!(classify(&api_error(409, evicted, None)), Answer::Gone);
         assert_eq!(classify(&Ok(())), Answer::Accepted);
     }
 }

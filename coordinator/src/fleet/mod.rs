@@ -9,7 +9,7 @@
 
 mod liveness;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,10 +22,14 @@ use tonic::Status;
 
 use crate::store::{HelloLog, Store, StoreError};
 
-pub use liveness::{MISSED_REPORTS_UNREACHABLE, connectivity};
+pub use liveness::{MISSED_REPORTS_UNREACHABLE, connectivity, silence_limit};
 
-/// Messages to one agent; an `Err` ends its stream with that status.
-pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+/// One message to an agent, or the status that ends its stream. Boxed: a
+/// session's queue allocates its slots 32 at a time, used or not, and an
+/// unboxed slot is 140 bytes (4.5 KiB per connected agent).
+pub type Outgoing = Result<Box<CoordinatorMessage>, Box<Status>>;
+/// Messages to one agent.
+pub type Outbound = mpsc::Sender<Outgoing>;
 
 /// How many command events a slow watcher may fall behind before it misses some.
 const COMMAND_EVENT_BUFFER: usize = 64;
@@ -63,7 +67,9 @@ impl std::fmt::Debug for Fleet {
 #[derive(Default)]
 struct State {
     nodes: BTreeMap<String, LiveNode>,
-    unsaved_reports: HashMap<String, (HealthReport, i64)>,
+    /// Nodes whose newest report is not in the store yet (the report itself
+    /// is their `LiveNode::report`, copied only when it is saved).
+    unsaved_reports: HashSet<String>,
 }
 
 struct LiveNode {
@@ -173,15 +179,13 @@ impl Fleet {
             };
             node.hello = Some(hello);
             if let Some(old) = node.session.replace(session) {
-                let _ = old.outbound.try_send(Err(Status::aborted(
+                let _ = old.outbound.try_send(Err(Box::new(Status::aborted(
                     "replaced by a newer session of the same node",
-                )));
+                ))));
             }
-            let session = node.session.as_ref().expect("just set");
-            for pending in node.pending.values() {
-                let _ = session
-                    .outbound
-                    .try_send(Ok(command_message(&pending.command)));
+            let commands: Vec<Command> = node.pending.values().map(|p| p.command.clone()).collect();
+            for command in &commands {
+                offer(node, command);
             }
         }
         self.changed();
@@ -205,7 +209,7 @@ impl Fleet {
         let mut state = self.lock();
         let closed = match state.nodes.get_mut(node).and_then(|n| n.session.take()) {
             Some(session) => {
-                let _ = session.outbound.try_send(Err(status));
+                let _ = session.outbound.try_send(Err(Box::new(status)));
                 true
             }
             None => false,
@@ -228,9 +232,11 @@ impl Fleet {
                 .is_some_and(|s| s.cert_not_after_ms <= now_ms)
             {
                 let session = node.session.take().expect("checked");
-                let _ = session.outbound.try_send(Err(Status::unauthenticated(
-                    "the session's certificate has expired",
-                )));
+                let _ = session
+                    .outbound
+                    .try_send(Err(Box::new(Status::unauthenticated(
+                        "the session's certificate has expired",
+                    ))));
                 closed.push(name.clone());
             }
         }
@@ -246,7 +252,7 @@ impl Fleet {
         let mut state = self.lock();
         for node in state.nodes.values_mut() {
             if let Some(session) = node.session.take() {
-                let _ = session.outbound.try_send(Err(status.clone()));
+                let _ = session.outbound.try_send(Err(Box::new(status.clone())));
             }
         }
         drop(state);
@@ -264,8 +270,8 @@ impl Fleet {
         };
         node.last_seen_ms = now_ms;
         node.report_ms = Some(now_ms);
-        node.report = Some(report.clone());
-        unsaved_reports.insert(ticket.node.clone(), (report, now_ms));
+        node.report = Some(report);
+        unsaved_reports.insert(ticket.node.clone());
         drop(state);
         self.changed();
     }
@@ -326,9 +332,7 @@ impl Fleet {
             return Ok(pending.events.subscribe());
         }
         let (events, receiver) = broadcast::channel(COMMAND_EVENT_BUFFER);
-        if let Some(session) = &live.session {
-            let _ = session.outbound.try_send(Ok(command_message(&command)));
-        }
+        offer(live, &command);
         live.pending
             .insert(command.id.clone(), PendingCommand { command, events });
         Ok(receiver)
@@ -385,8 +389,9 @@ impl Fleet {
     pub async fn flush_reports(&self) -> Result<usize, StoreError> {
         let batch = self.take_unsaved();
         let count = batch.len();
-        if let Err(err) = self.store.record_reports(batch.clone()).await {
-            self.return_unsaved(batch);
+        let nodes: Vec<String> = batch.iter().map(|(node, _, _)| node.clone()).collect();
+        if let Err(err) = self.store.record_reports(batch).await {
+            self.return_unsaved(nodes);
             return Err(err);
         }
         Ok(count)
@@ -400,18 +405,24 @@ impl Fleet {
     }
 
     fn take_unsaved(&self) -> Vec<(String, HealthReport, i64)> {
-        self.lock()
-            .unsaved_reports
+        let mut state = self.lock();
+        let State {
+            nodes,
+            unsaved_reports,
+        } = &mut *state;
+        unsaved_reports
             .drain()
-            .map(|(name, (report, at))| (name, report, at))
+            .filter_map(|name| {
+                let node = nodes.get(&name)?;
+                Some((name, node.report.clone()?, node.report_ms?))
+            })
             .collect()
     }
 
-    fn return_unsaved(&self, batch: Vec<(String, HealthReport, i64)>) {
-        let mut state = self.lock();
-        for (name, report, at) in batch {
-            state.unsaved_reports.entry(name).or_insert((report, at));
-        }
+    /// Marks a batch that could not be saved as unsaved again (what is saved
+    /// next time is each node's newest report, which may be newer).
+    fn return_unsaved(&self, nodes: Vec<String>) {
+        self.lock().unsaved_reports.extend(nodes);
     }
 }
 
@@ -422,6 +433,29 @@ fn current_node<'a>(
     nodes
         .get_mut(&ticket.node)
         .filter(|node| node.session.as_ref().is_some_and(|s| s.id == ticket.id))
+}
+
+/// Queues `command` on the node's session. A session whose queue is full
+/// is not reading: it is ended, so the agent reconnects and is sent every
+/// command still waiting (a command is never silently dropped).
+fn offer(node: &mut LiveNode, command: &Command) {
+    let Some(session) = &node.session else {
+        return;
+    };
+    match session
+        .outbound
+        .try_send(Ok(Box::new(command_message(command))))
+    {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(
+                command = command.id,
+                "the agent's session is not reading; ending it so the agent reconnects"
+            );
+            node.session = None;
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => node.session = None,
+    }
 }
 
 fn command_message(command: &Command) -> CoordinatorMessage {
@@ -467,5 +501,66 @@ impl LiveNode {
                 .report_ms
                 .map_or(-1, |at| now_ms.saturating_sub(at).max(0)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k3sfleet_proto::v1::NodeRole;
+
+    fn hello(name: &str) -> Hello {
+        Hello {
+            node_name: name.into(),
+            role: NodeRole::Agent as i32,
+            report_interval_ms: 1000,
+            ..Default::default()
+        }
+    }
+
+    fn command(id: &str) -> Command {
+        Command {
+            id: id.into(),
+            action: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_that_stops_reading_is_ended_and_its_commands_go_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).await.unwrap();
+        let now = 1_000;
+        let (stuck, mut stuck_rx) = mpsc::channel(1);
+        fleet
+            .connect(hello("worker-1"), stuck, i64::MAX, now)
+            .await
+            .unwrap();
+        let _first = fleet.send_command("worker-1", command("c1")).unwrap();
+        // The queue holds one message: the second finds it full.
+        let _second = fleet.send_command("worker-1", command("c2")).unwrap();
+        assert_eq!(
+            fleet.connectivity_of("worker-1", now),
+            Some(Connectivity::Disconnected),
+            "a session that does not read is ended, not fed into the void"
+        );
+        assert!(stuck_rx.recv().await.is_some());
+
+        let (fresh, mut fresh_rx) = mpsc::channel(16);
+        fleet
+            .connect(hello("worker-1"), fresh, i64::MAX, now)
+            .await
+            .unwrap();
+        let mut resent = Vec::new();
+        while let Ok(Ok(message)) = fresh_rx.try_recv() {
+            if let Some(coordinator_message::Body::Command(c)) = message.body {
+                resent.push(c.id);
+            }
+        }
+        resent.sort();
+        assert_eq!(
+            resent,
+            ["c1", "c2"],
+            "every command still waiting goes again"
+        );
     }
 }

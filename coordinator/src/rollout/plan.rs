@@ -5,20 +5,22 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use k3sfleet_proto::v1::{
-    ArtifactSource, Connectivity, Health, NodeRole, PlanBlocker, PlanRefusal, PlannedNode,
-    UpgradeOptions, UpgradePlan, Wave, artifact_source,
+    ArtifactSource, NodeRole, PlanBlocker, PlanRefusal, PlannedNode, UpgradeOptions, UpgradePlan,
+    Wave, artifact_source,
 };
 use sha2::{Digest, Sha256};
 
+use super::alerts::AlertGate;
 use super::cluster::DrainRequest;
 use super::engine::{RolloutEngine, RolloutError};
-use super::planner::{MaxUnavailable, plan_waves};
+use super::link::Presence;
+use super::planner::{Budget, MaxUnavailable, plan_waves};
 use super::rules::{self, NodeVersion};
 use super::state::Step;
 use super::version::K3sVersion;
 use super::window::MaintenanceWindow;
 use crate::access::token::name_matches;
-use crate::clock::unix_ms;
+use crate::longhorn::LonghornView;
 use crate::store::NodeProgress;
 
 /// A node the rollout would touch.
@@ -77,12 +79,7 @@ pub fn validate(mut options: UpgradeOptions) -> Result<ValidOptions, RolloutErro
             kind: Some(artifact_source::Kind::Coordinator(Default::default())),
         });
     }
-    if !options.alerts_url.is_empty() && !options.alerts_url.starts_with("http") {
-        return Err(RolloutError::Invalid(format!(
-            "invalid alerts URL {:?}: expected http(s)://host:port",
-            options.alerts_url
-        )));
-    }
+    AlertGate::from_options(&options).map_err(RolloutError::Invalid)?;
     Ok(ValidOptions {
         options,
         target,
@@ -93,24 +90,18 @@ pub fn validate(mut options: UpgradeOptions) -> Result<ValidOptions, RolloutErro
 impl RolloutEngine {
     /// The fleet's nodes the options select, servers first, each list by name.
     pub fn candidates(&self, options: &UpgradeOptions) -> Vec<Candidate> {
-        let now = unix_ms();
         let mut nodes: Vec<Candidate> = self
-            .fleet
-            .summaries(now)
+            .link
+            .agents()
             .into_iter()
-            .filter(|s| {
-                options.nodes.is_empty() || options.nodes.iter().any(|p| name_matches(p, &s.name))
+            .filter(|(name, _)| {
+                options.nodes.is_empty() || options.nodes.iter().any(|p| name_matches(p, name))
             })
-            .map(|s| Candidate {
-                arch: self
-                    .fleet
-                    .detail(&s.name, now)
-                    .and_then(|d| d.last_hello)
-                    .map(|h| h.arch)
-                    .unwrap_or_default(),
-                server: s.role == NodeRole::Server as i32,
-                current: s.k3s_version,
-                name: s.name,
+            .map(|(name, agent)| Candidate {
+                arch: agent.arch,
+                server: agent.server,
+                current: agent.k3s_version,
+                name,
             })
             .collect();
         nodes.sort_by(|a, b| (!a.server, &a.name).cmp(&(!b.server, &b.name)));
@@ -169,25 +160,24 @@ impl RolloutEngine {
             },
             None => Vec::new(),
         };
-        for budget in budgets.iter().filter(|b| b.allowed == 0) {
-            let on: Vec<&String> = budget
-                .pods_on
-                .iter()
-                .filter(|(n, c)| **c > 0 && workers.contains(n))
-                .map(|(n, _)| n)
-                .collect();
-            if !on.is_empty() {
-                let nodes: Vec<&str> = on.iter().map(|n| n.as_str()).collect();
-                blockers.push(blocker(
-                    "",
-                    "pdb",
-                    format!(
-                        "PDB {} allows no disruption right now and covers pods on {}",
-                        budget.name,
-                        nodes.join(", ")
-                    ),
-                ));
-            }
+        let upgrading: Vec<&str> = to_upgrade.iter().map(|c| c.name.as_str()).collect();
+        blockers.extend(budget_blockers(&budgets, &upgrading));
+        let longhorn = match &self.cluster {
+            Some(cluster) => match cluster.longhorn().await {
+                Ok(view) => view,
+                Err(err) => {
+                    blockers.push(blocker(
+                        "",
+                        "longhorn",
+                        format!("cannot read Longhorn's volumes: {err}"),
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(view) = &longhorn {
+            blockers.extend(self.longhorn_blockers(view, &upgrading, &valid.options));
         }
 
         let planned = |candidate: &Candidate| PlannedNode {
@@ -229,7 +219,48 @@ impl RolloutEngine {
             blockers,
             waves_one_at_a_time: to_upgrade.len() as u32,
             max_unavailable: max as u32,
+            longhorn_policy: longhorn
+                .map(|view| view.policy.to_string())
+                .unwrap_or_default(),
         })
+    }
+
+    /// Longhorn nodes whose drain cannot finish while nothing changes, and
+    /// nodes where Longhorn and the agent disagree on whether it runs there.
+    fn longhorn_blockers(
+        &self,
+        view: &LonghornView,
+        upgrading: &[&str],
+        options: &UpgradeOptions,
+    ) -> Vec<PlanBlocker> {
+        let mut blockers = Vec::new();
+        let agents = self.link.agents();
+        for &node in upgrading {
+            for why in crate::longhorn::rules::permanent_blockers(
+                view,
+                node,
+                options.longhorn_evict_replicas,
+            ) {
+                blockers.push(PlanBlocker {
+                    permanent: true,
+                    ..blocker(node, "longhorn", why)
+                });
+            }
+            let checks_longhorn = agents
+                .get(node)
+                .is_some_and(|a| a.checks.iter().any(|c| c.starts_with(LONGHORN_CHECKS)));
+            if view.is_longhorn_node(node) && !checks_longhorn {
+                blockers.push(blocker(
+                    node,
+                    "longhorn",
+                    "Longhorn runs here but the agent does not check Longhorn's prerequisites \
+                     ([host.longhorn] checks = false): a missing iscsid or module would only show \
+                     when a volume fails to attach after the upgrade"
+                        .into(),
+                ));
+            }
+        }
+        blockers
     }
 
     /// What holds up each node now: its agent, its checks, its Kubernetes node.
@@ -239,54 +270,49 @@ impl RolloutEngine {
         options: &UpgradeOptions,
     ) -> Vec<PlanBlocker> {
         let drain = DrainRequest::for_rollout(options);
-        let now = unix_ms();
+        let agents = self.link.agents();
+        let cluster_nodes = match &self.cluster {
+            Some(cluster) => Some(cluster.nodes().await),
+            None => None,
+        };
         let mut blockers = Vec::new();
         for node in nodes {
-            match self.fleet.connectivity_of(&node.name, now) {
-                Some(Connectivity::Connected) => {}
-                other => blockers.push(blocker(
+            match agents.get(&node.name) {
+                Some(agent) if agent.presence == Presence::Connected => {
+                    for check in &agent.failing_checks {
+                        blockers.push(blocker(&node.name, "health", format!("check {check}")));
+                    }
+                }
+                Some(agent) => blockers.push(blocker(
                     &node.name,
                     "agent",
-                    format!(
-                        "the agent is {}",
-                        match other {
-                            Some(Connectivity::Unreachable) => "unreachable",
-                            _ => "not connected",
-                        }
-                    ),
+                    format!("the agent is {}", agent.presence.word()),
+                )),
+                None => blockers.push(blocker(
+                    &node.name,
+                    "agent",
+                    "the agent is not connected".into(),
                 )),
             }
-            if let Some(report) = self
-                .fleet
-                .detail(&node.name, now)
-                .and_then(|d| d.last_report)
-            {
-                for check in report
-                    .checks
-                    .iter()
-                    .filter(|c| c.status == Health::Error as i32)
-                {
-                    blockers.push(blocker(
-                        &node.name,
-                        "health",
-                        format!("check {} is failing: {}", check.id, check.message),
-                    ));
-                }
-            }
             if let Some(cluster) = &self.cluster {
-                match cluster.node(node.name.clone()).await {
-                    Ok(Some(state)) if state.ready => {}
-                    Ok(Some(_)) => blockers.push(blocker(
-                        &node.name,
-                        "kubernetes",
-                        "the node is not Ready".into(),
-                    )),
-                    Ok(None) => blockers.push(blocker(
-                        &node.name,
-                        "kubernetes",
-                        "Kubernetes has no such node".into(),
-                    )),
-                    Err(err) => blockers.push(blocker(&node.name, "kubernetes", err.to_string())),
+                match &cluster_nodes {
+                    Some(Ok(states)) => match states.iter().find(|s| s.name == node.name) {
+                        Some(state) if state.ready => {}
+                        Some(_) => blockers.push(blocker(
+                            &node.name,
+                            "kubernetes",
+                            "the node is not Ready".into(),
+                        )),
+                        None => blockers.push(blocker(
+                            &node.name,
+                            "kubernetes",
+                            "Kubernetes has no such node".into(),
+                        )),
+                    },
+                    Some(Err(err)) => {
+                        blockers.push(blocker(&node.name, "kubernetes", err.to_string()))
+                    }
+                    None => {}
                 }
                 // Found now rather than as a failed drain halfway through the fleet.
                 match cluster
@@ -400,7 +426,50 @@ fn blocker(node: &str, kind: &str, message: String) -> PlanBlocker {
         node: node.to_string(),
         kind: kind.to_string(),
         message,
+        permanent: false,
     }
+}
+
+/// The id prefix of the agent's Longhorn checks (agent/src/checks/longhorn.rs).
+const LONGHORN_CHECKS: &str = "longhorn.";
+
+/// Budgets that block the nodes to upgrade: those exhausted now (they
+/// recover as replacements turn Ready) and those that can never allow a
+/// disruption (named as permanent, with what would fix them).
+fn budget_blockers(budgets: &[Budget], upgrading: &[&str]) -> Vec<PlanBlocker> {
+    let mut blockers = Vec::new();
+    for budget in budgets {
+        let on: Vec<&str> = budget
+            .pods_on
+            .iter()
+            .filter(|(n, c)| **c > 0 && upgrading.contains(&n.as_str()))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if on.is_empty() {
+            continue;
+        }
+        match &budget.permanent {
+            Some(why) => {
+                for node in on {
+                    blockers.push(PlanBlocker {
+                        permanent: true,
+                        ..blocker(node, "pdb", why.clone())
+                    });
+                }
+            }
+            None if budget.allowed == 0 => blockers.push(blocker(
+                "",
+                "pdb",
+                format!(
+                    "PDB {} allows no disruption right now (it will once its pods are back) and covers pods on {}",
+                    budget.name,
+                    on.join(", ")
+                ),
+            )),
+            None => {}
+        }
+    }
+    blockers
 }
 
 /// The node records a new rollout starts with.

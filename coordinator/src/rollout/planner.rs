@@ -1,15 +1,17 @@
 //! Which workers go down together.
 //!
-//! A wave is a set of workers drained and upgraded at the same time. It holds
-//! at most `max_unavailable` nodes, and never two nodes whose pods would take
-//! more from any PodDisruptionBudget than the budget allows: for every PDB, the
-//! pods it covers on the wave's nodes must fit in its budget. A node alone is
+//! Workers start as soon as a slot is free (at most `max_unavailable` are
+//! under way) and the budgets allow: a worker is admitted only if, for every
+//! PodDisruptionBudget covering pods on it, those pods together with the
+//! covered pods still on the workers already draining fit in what the budget
+//! allows now. A worker whose budgets no other draining worker touches is
 //! always allowed (its drain then waits on the Eviction API, which is safe,
-//! just slow). Waves are filled first-fit, most constrained nodes first, which
-//! packs tightly and stays deterministic.
+//! just slow). Candidates are tried most constrained first, which packs
+//! tightly and stays deterministic.
 //!
-//! The budget and placement are what the cluster shows now; the rollout asks
-//! again before each wave, as evicted pods land on other nodes.
+//! The budgets and placement are what the cluster shows now; the rollout asks
+//! again before it admits more, as evicted pods land on other nodes. `upgrade
+//! plan` shows the batches this rule gives if pods stayed where they are.
 
 use std::collections::BTreeMap;
 
@@ -22,10 +24,13 @@ pub struct Budget {
     pub allowed: u32,
     /// Pods it covers, per node.
     pub pods_on: BTreeMap<String, u32>,
+    /// Why it can never allow a disruption while its pods are all healthy
+    /// (it will not recover by waiting), if it cannot.
+    pub permanent: Option<String>,
 }
 
 impl Budget {
-    fn pods_on(&self, node: &str) -> u32 {
+    pub fn pods_on(&self, node: &str) -> u32 {
         self.pods_on.get(node).copied().unwrap_or(0)
     }
 }
@@ -80,32 +85,68 @@ impl std::fmt::Display for MaxUnavailable {
     }
 }
 
-/// The next wave out of `candidates`.
-pub fn next_wave(candidates: &[String], budgets: &[Budget], max_unavailable: usize) -> Vec<String> {
+/// Which of `candidates` may start now, in at most `free` slots, next to
+/// the workers already `draining` (started and still holding their pods).
+pub fn admit(
+    candidates: &[String],
+    draining: &[String],
+    budgets: &[Budget],
+    free: usize,
+) -> Vec<String> {
+    admit_where(candidates, draining, budgets, free, |_, _| true)
+}
+
+/// [`admit`], where a candidate must also satisfy `may_join(candidate,
+/// admitted so far)` (Longhorn's rules, for one).
+pub fn admit_where(
+    candidates: &[String],
+    draining: &[String],
+    budgets: &[Budget],
+    free: usize,
+    mut may_join: impl FnMut(&str, &[String]) -> bool,
+) -> Vec<String> {
     let mut order: Vec<&String> = candidates.iter().collect();
     // Most constrained first: nodes holding the most budgeted pods.
     order.sort_by_key(|node| {
         let weight: u32 = budgets.iter().map(|b| b.pods_on(node)).sum();
         (std::cmp::Reverse(weight), (*node).clone())
     });
-    let mut wave: Vec<String> = Vec::new();
+    // Per budget: covered pods still to go from admitted nodes, and how many
+    // admitted nodes hold some.
     let mut used = vec![0u32; budgets.len()];
+    let mut holders = vec![0usize; budgets.len()];
+    let take = |node: &str, used: &mut [u32], holders: &mut [usize]| {
+        for (i, budget) in budgets.iter().enumerate() {
+            let pods = budget.pods_on(node);
+            if pods > 0 {
+                used[i] += pods;
+                holders[i] += 1;
+            }
+        }
+    };
+    for node in draining {
+        take(node, &mut used, &mut holders);
+    }
+    let mut admitted: Vec<String> = Vec::new();
     for node in order {
-        if wave.len() >= max_unavailable.max(1) {
+        if admitted.len() >= free {
             break;
         }
-        let fits = wave.is_empty()
-            || budgets.iter().zip(&used).all(|(budget, used)| {
-                budget.pods_on(node) == 0 || used + budget.pods_on(node) <= budget.allowed
-            });
-        if fits {
-            for (budget, used) in budgets.iter().zip(used.iter_mut()) {
-                *used += budget.pods_on(node);
-            }
-            wave.push(node.clone());
+        let fits = budgets.iter().enumerate().all(|(i, budget)| {
+            let pods = budget.pods_on(node);
+            pods == 0 || holders[i] == 0 || used[i] + pods <= budget.allowed
+        });
+        if fits && may_join(node, &admitted) {
+            take(node, &mut used, &mut holders);
+            admitted.push(node.clone());
         }
     }
-    wave
+    admitted
+}
+
+/// The next batch out of `candidates` when nothing is under way.
+pub fn next_wave(candidates: &[String], budgets: &[Budget], max_unavailable: usize) -> Vec<String> {
+    admit(candidates, &[], budgets, max_unavailable.max(1))
 }
 
 /// All waves for `workers` if pods stayed where they are.
@@ -153,6 +194,7 @@ mod tests {
             name: name.into(),
             allowed,
             pods_on: pods.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+            permanent: None,
         }
     }
 
@@ -185,6 +227,30 @@ mod tests {
     }
 
     #[test]
+    fn a_free_slot_goes_to_a_node_whose_pods_fit_beside_those_still_draining() {
+        // worker-01 is draining and still holds a web pod; web allows one.
+        let budgets = [
+            budget("shop/web", 1, &[("worker-01", 1), ("worker-02", 1)]),
+            budget("shop/api", 2, &[("worker-03", 1)]),
+        ];
+        let candidates: Vec<String> = ["worker-02", "worker-03", "worker-04"]
+            .map(String::from)
+            .to_vec();
+        let draining = ["worker-01".to_string()];
+        assert_eq!(
+            admit(&candidates, &draining, &budgets, 2),
+            ["worker-03", "worker-04"],
+            "worker-02 would take a second web pod"
+        );
+        // Once worker-01's pods are gone it no longer counts.
+        assert_eq!(
+            admit(&candidates, &[], &budgets, 3),
+            ["worker-02", "worker-03", "worker-04"]
+        );
+        assert!(admit(&candidates, &draining, &budgets, 0).is_empty());
+    }
+
+    #[test]
     fn without_budgets_waves_are_max_unavailable_wide() {
         let waves = plan_waves(&names(15), &[], 4);
         assert_eq!(waves.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 4, 3]);
@@ -202,6 +268,7 @@ mod tests {
                             .enumerate()
                             .map(|(i, c)| (format!("worker-{:02}", i + 1), c))
                             .collect(),
+                        permanent: None,
                     },
                 ),
                 0..5,

@@ -30,7 +30,10 @@ pub enum Step {
     /// Schedulable again, if k3sfleet cordoned it.
     Uncordon,
     Done,
-    /// A step failed; the rollout paused. The agent rolled back the binary.
+    /// A step after the install failed: the agent puts the old binary back,
+    /// then the node is failed.
+    RollBack,
+    /// A step failed; the rollout paused.
     Failed,
     /// The operator chose to leave this node out.
     Skipped,
@@ -39,7 +42,7 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 13] = [
+    pub const ALL: [Step; 14] = [
         Step::Pending,
         Step::PreCheck,
         Step::Snapshot,
@@ -50,6 +53,7 @@ impl Step {
         Step::Settle,
         Step::Uncordon,
         Step::Done,
+        Step::RollBack,
         Step::Failed,
         Step::Skipped,
         Step::Aborted,
@@ -68,6 +72,7 @@ impl Step {
             Step::WaitReady => Step::Settle,
             Step::Settle => Step::Uncordon,
             Step::Uncordon => Step::Done,
+            Step::RollBack => Step::Failed,
             terminal => terminal,
         }
     }
@@ -97,6 +102,7 @@ impl Step {
             Step::Settle => "settle",
             Step::Uncordon => "uncordon",
             Step::Done => "done",
+            Step::RollBack => "roll_back",
             Step::Failed => "failed",
             Step::Skipped => "skipped",
             Step::Aborted => "aborted",
@@ -119,10 +125,14 @@ pub enum Gate {
 }
 
 /// Pausing holds every step that changes a node or starts one; the checks
-/// after an install still run, so a node mid-upgrade returns to service.
-/// Aborting stops nodes before their install; nodes past it finish.
+/// after an install still run, so a node mid-upgrade returns to service,
+/// and so does a rollback. Aborting stops nodes before their install; nodes
+/// past it finish.
 pub fn gate(phase: Phase, step: Step) -> Gate {
-    let after_install = matches!(step, Step::WaitReady | Step::Settle | Step::Uncordon);
+    let after_install = matches!(
+        step,
+        Step::WaitReady | Step::Settle | Step::Uncordon | Step::RollBack
+    );
     match phase {
         Phase::Running => Gate::Proceed,
         Phase::Paused if after_install => Gate::Proceed,
@@ -269,10 +279,12 @@ pub fn apply_control(
     }
 }
 
-/// Retrying or skipping the last failed node resumes the rollout.
+/// Retrying or skipping the last failed node resumes the rollout (skipping a
+/// pending node of a rollout an operator paused does not).
 fn resumed_after(phase: Phase, failed: &[&NodeView<'_>], handled: &str) -> Phase {
+    let was_failed = failed.iter().any(|n| n.name == handled);
     let others_failed = failed.iter().any(|n| n.name != handled);
-    if phase == Phase::Paused && !others_failed {
+    if phase == Phase::Paused && was_failed && !others_failed {
         Phase::Running
     } else {
         phase
@@ -338,7 +350,7 @@ mod tests {
             assert_eq!(gate(Phase::Paused, step), Gate::Wait, "{step:?}");
             assert_eq!(gate(Phase::Aborting, step), Gate::Stop, "{step:?}");
         }
-        for step in [WaitReady, Settle, Uncordon] {
+        for step in [WaitReady, Settle, Uncordon, RollBack] {
             assert_eq!(gate(Phase::Paused, step), Gate::Proceed, "{step:?}");
             assert_eq!(gate(Phase::Aborting, step), Gate::Proceed, "{step:?}");
         }
@@ -399,6 +411,15 @@ mod tests {
         assert_eq!(
             apply_control(Phase::Paused, &Control::Skip("worker-03".into()), &nodes),
             Ok(Phase::Running)
+        );
+    }
+
+    #[test]
+    fn skipping_a_pending_node_of_a_paused_rollout_keeps_it_paused() {
+        let nodes = [node("worker-03", Step::Pending, 0)];
+        assert_eq!(
+            apply_control(Phase::Paused, &Control::Skip("worker-03".into()), &nodes),
+            Ok(Phase::Paused)
         );
     }
 

@@ -25,16 +25,14 @@ use crate::api::{AdminApi, AgentApi, DrainApi};
 use crate::auth::AuthLayer;
 use crate::config::CoordinatorConfig;
 use crate::fleet::{Fleet, FleetError};
-use crate::rollout::{EngineSettings, RolloutEngine};
+use crate::rollout::fleet_link::FleetLink;
+use crate::rollout::{EngineSettings, HttpAlerts, Parts, RolloutEngine};
 use crate::store::{Store, StoreError};
 
 pub use tls::ReloadingCertificate;
 
 /// How often the server certificate files are checked for replacement.
 const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
-/// HTTP/2 pings find agents whose network vanished without a FIN.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Streams still open this long after shutdown began are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -95,7 +93,7 @@ impl Running {
 
 /// Starts the coordinator on `config.listen`.
 pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
-    let store = Store::open(&config.data_dir)?;
+    let (data_dir_lock, store) = Store::open_exclusive(&config.data_dir)?;
     let fleet = Fleet::load(store.clone()).await?;
     let ca = match &config.tls.ca_key {
         Some(key) => Some(k3sfleet_pki::FleetCa::load(&config.tls.ca, key)?),
@@ -134,6 +132,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let drain_engine = drain_engine(&config).await?;
+    let claims = Arc::new(crate::drain::Claims::default());
     let drain_api = DrainApi::new(
         drain_engine.clone(),
         config
@@ -141,18 +140,31 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
             .as_ref()
             .map_or(crate::drain::DEFAULT_TIMEOUT, |k| k.drain_timeout),
         store.clone(),
+        claims.clone(),
     );
     let access_api = || AccessApi::new(access.clone(), fleet.clone(), store.clone());
-    let rollouts = RolloutEngine::new(
-        store.clone(),
-        fleet.clone(),
-        drain_engine.map(|engine| Arc::new(engine) as Arc<dyn crate::rollout::cluster::Cluster>),
-        config.artifacts.dir.clone(),
-        EngineSettings::default(),
-    );
+    let settings = EngineSettings::default();
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+    let rollouts = RolloutEngine::new(Parts {
+        store: Arc::new(store.clone()),
+        link: Arc::new(FleetLink::new(
+            fleet.clone(),
+            clock.clone(),
+            settings.agent_wait,
+        )),
+        cluster: drain_engine
+            .map(|engine| Arc::new(engine) as Arc<dyn crate::rollout::cluster::Cluster>),
+        claims,
+        clock,
+        alerts: Arc::new(HttpAlerts),
+        artifacts_dir: config.artifacts.dir.clone(),
+        settings,
+    });
+    // No HTTP/2 pings from this side: agents ping (they must notice a
+    // coordinator that vanished), a session's reports tell the coordinator
+    // its agent is there (fleet::silence_limit), and the kernel's keepalive
+    // closes connections whose peer vanished (tls::incoming).
     let router = Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(AuthLayer::new(revocations.clone()))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
@@ -218,6 +230,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
     let task = {
         let fleet = fleet.clone();
         tokio::spawn(async move {
+            // Held until the coordinator has stopped: no second one may start on this data meanwhile.
+            let _data_dir_lock = data_dir_lock;
             let _ = shutdown_signal.await;
             fleet.close_all_sessions(Status::unavailable("the coordinator is shutting down"));
             let _ = stop_serving.send(());

@@ -29,6 +29,16 @@ const ACCEPT_QUEUE: usize = 1024;
 /// The kernel caps it at net.core.somaxconn (4096 on Debian 12).
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// The kernel probes a connection idle this long (a live agent's pings and
+/// reports keep it busy, so this costs nothing while it is there)...
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// ...every this long, and closes it after this many unanswered probes.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_PROBES: u32 = 3;
+/// Data the peer has not acknowledged for this long closes the connection
+/// too (without it, retransmissions to a vanished host last 15 minutes).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Listens on `addr` with a backlog sized for reconnect storms.
 pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -40,6 +50,19 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Lets the kernel find and close a connection whose agent vanished without
+/// a FIN (power loss, a cut cable): the coordinator sends no pings.
+fn close_when_the_peer_vanishes(tcp: &TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE_IDLE)
+            .with_interval(TCP_KEEPALIVE_INTERVAL)
+            .with_retries(TCP_KEEPALIVE_PROBES),
+    )?;
+    socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))
 }
 
 /// Accepts TCP connections and yields completed TLS streams.
@@ -60,6 +83,9 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
+            if let Err(err) = close_when_the_peer_vanishes(&tcp) {
+                tracing::warn!(%peer, error = %err, "setting TCP keepalive failed");
+            }
             if sender.is_closed() {
                 break;
             }

@@ -143,6 +143,27 @@ pub fn record_enrollment(
     Ok(inserted == 1)
 }
 
+/// The newest certificate of `name` in `role` still valid at `now_ms` and
+/// issued after `revoked_at_ms` (the identity's revocation, if any).
+pub fn live_certificate(
+    conn: &Connection,
+    name: &str,
+    role: &str,
+    revoked_at_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<Option<CertificateRecord>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT serial, name, role, not_before_ms, not_after_ms, issued_at_ms, issued_via
+         FROM certificates WHERE name = ?1 AND role = ?2 AND not_after_ms > ?3 AND issued_at_ms > ?4
+         ORDER BY issued_at_ms DESC LIMIT 1",
+    )?;
+    let mut rows = stmt.query_map(
+        params![name, role, now_ms, revoked_at_ms.unwrap_or(i64::MIN)],
+        certificate_from_row,
+    )?;
+    Ok(rows.next().transpose()?)
+}
+
 pub fn insert_certificate(conn: &Connection, cert: &CertificateRecord) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO certificates (serial, name, role, not_before_ms, not_after_ms, issued_at_ms, issued_via)

@@ -9,6 +9,7 @@
 pub(crate) mod access;
 mod audit;
 mod hellos;
+mod lock;
 mod nodes;
 mod rollouts;
 
@@ -20,6 +21,7 @@ use rusqlite::Connection;
 pub use access::{CertificateRecord, RevocationRecord, TokenRecord};
 pub use audit::{AuditEntry, AuditEvent};
 pub use hellos::HelloLog;
+pub use lock::{DataDirLock, LockError};
 pub use nodes::NodeRecord;
 pub use rollouts::{NodeProgress, RolloutRecord};
 
@@ -119,6 +121,20 @@ const MIGRATIONS: &[&str] = &[
         waits             TEXT NOT NULL,
         PRIMARY KEY (rollout_id, node)
     ) STRICT;",
+    // 4: the rebuilt rollout core: a generation guarding every write, the
+    // alert hold, and per node whether its step's operation was sent, its
+    // passing failures so far (so a restart does not start them over), the
+    // binary to roll back to, and the settle hold.
+    "ALTER TABLE rollouts ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rollouts ADD COLUMN alert_hold_since_ms INTEGER;
+    ALTER TABLE rollout_nodes ADD COLUMN dispatched INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rollout_nodes ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rollout_nodes ADD COLUMN retry_at_ms INTEGER;
+    ALTER TABLE rollout_nodes ADD COLUMN from_sha256 TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rollout_nodes ADD COLUMN healthy_since_ms INTEGER;
+    ALTER TABLE rollout_nodes ADD COLUMN unseen_since_ms INTEGER;",
+    // 5: Longhorn's rebuilds holding the rollout.
+    "ALTER TABLE rollouts ADD COLUMN longhorn_hold_since_ms INTEGER;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -158,12 +174,29 @@ pub enum StoreError {
     Batch(#[source] Arc<StoreError>),
     #[error("the writer of hellos has stopped")]
     WriterStopped,
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error(
+        "rollout {id} was changed by someone else (it is at generation {found}, this \
+         coordinator expected {expected}): is another coordinator using this database?"
+    )]
+    Stale { id: i64, expected: u64, found: u64 },
 }
 
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Takes the data directory's lock, then opens the database: what the
+    /// coordinator does at start (see [`DataDirLock`]).
+    pub fn open_exclusive(data_dir: &Path) -> Result<(DataDirLock, Store), StoreError> {
+        create_private_dir(data_dir)?;
+        let lock = DataDirLock::acquire(data_dir)?;
+        Ok((lock, Store::open(data_dir)?))
+    }
 }
 
 impl std::fmt::Debug for Store {

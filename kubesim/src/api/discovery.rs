@@ -12,10 +12,11 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::{Value, json};
 
-use super::request::{ResourceKind, SERVED};
+use super::request::{ResourceKind, served};
 use super::{Shared, json_response};
 use crate::error::ApiError;
 use crate::kinds::Kind;
+use crate::longhorn::{LonghornNode, Replica, Setting, Volume};
 
 const VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
@@ -57,9 +58,8 @@ pub async fn api_versions(State(shared): State<Arc<Shared>>) -> Response {
     )
 }
 
-fn group_document(group: &str) -> Option<Value> {
-    let versions: Vec<Value> = SERVED
-        .iter()
+fn group_document(longhorn: bool, group: &str) -> Option<Value> {
+    let versions: Vec<Value> = served(longhorn)
         .filter(|gv| gv.group == group)
         .map(|gv| json!({ "groupVersion": format!("{}/{}", gv.group, gv.version), "version": gv.version }))
         .collect();
@@ -67,9 +67,8 @@ fn group_document(group: &str) -> Option<Value> {
     Some(json!({ "name": group, "versions": versions, "preferredVersion": preferred }))
 }
 
-fn groups() -> Vec<&'static str> {
-    let mut names: Vec<&str> = SERVED
-        .iter()
+fn groups(longhorn: bool) -> Vec<&'static str> {
+    let mut names: Vec<&str> = served(longhorn)
         .map(|gv| gv.group)
         .filter(|g| !g.is_empty())
         .collect();
@@ -77,16 +76,20 @@ fn groups() -> Vec<&'static str> {
     names
 }
 
-pub async fn api_groups() -> Response {
-    let groups: Vec<Value> = groups().into_iter().filter_map(group_document).collect();
+pub async fn api_groups(State(shared): State<Arc<Shared>>) -> Response {
+    let longhorn = shared.lock().longhorn_installed();
+    let groups: Vec<Value> = groups(longhorn)
+        .into_iter()
+        .filter_map(|g| group_document(longhorn, g))
+        .collect();
     json_response(
         StatusCode::OK,
         &json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups }),
     )
 }
 
-pub fn group(name: &str) -> Response {
-    match group_document(name) {
+pub fn group(shared: &Shared, name: &str) -> Response {
+    match group_document(shared.lock().longhorn_installed(), name) {
         Some(mut doc) => {
             doc["kind"] = json!("APIGroup");
             doc["apiVersion"] = json!("v1");
@@ -123,9 +126,8 @@ fn resource<K: Kind>() -> Vec<Value> {
     list
 }
 
-pub fn resource_list(group: &str, version: &str) -> Response {
-    let Some(gv) = SERVED
-        .iter()
+pub fn resource_list(shared: &Shared, group: &str, version: &str) -> Response {
+    let Some(gv) = served(shared.lock().longhorn_installed())
         .find(|gv| gv.group == group && gv.version == version)
     else {
         return ApiError::path_not_found().into_response();
@@ -155,6 +157,10 @@ pub fn resource_list(group: &str, version: &str) -> Response {
             ResourceKind::ReplicaSet => resources.extend(resource::<ReplicaSet>()),
             ResourceKind::StatefulSet => resources.extend(resource::<StatefulSet>()),
             ResourceKind::DaemonSet => resources.extend(resource::<DaemonSet>()),
+            ResourceKind::LonghornVolume => resources.extend(resource::<Volume>()),
+            ResourceKind::LonghornReplica => resources.extend(resource::<Replica>()),
+            ResourceKind::LonghornNode => resources.extend(resource::<LonghornNode>()),
+            ResourceKind::LonghornSetting => resources.extend(resource::<Setting>()),
         }
     }
     let group_version = if group.is_empty() {

@@ -1,5 +1,8 @@
-//! Fault injection for tests: added latency on every Kubernetes API request, and a period
-//! during which they all fail with HTTP 500. The `/sim/v1` surface is never affected.
+//! Fault injection for tests: added latency on every Kubernetes API request, a period
+//! during which they all fail with HTTP 500, evictions carried out whose answers are lost
+//! (a 504, as from a proxy that timed out), and watch events delivered late (a watch
+//! lagging behind the store, as a busy API server's does). The `/sim/v1` surface is
+//! never affected.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -23,6 +26,12 @@ pub struct Faults {
     /// Every API request fails with 500 for this many wall seconds from now.
     #[serde(default)]
     pub errors_for_seconds: f64,
+    /// The next this many evictions are carried out, then answered 504.
+    #[serde(default)]
+    pub lose_eviction_answers: u32,
+    /// Every live watch event is sent this much later.
+    #[serde(default)]
+    pub watch_delay_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +41,8 @@ pub(crate) struct FaultState(Mutex<Active>);
 struct Active {
     latency: Duration,
     errors_until: Option<Instant>,
+    lose_eviction_answers: u32,
+    watch_delay: Duration,
 }
 
 impl FaultState {
@@ -42,6 +53,8 @@ impl FaultState {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Active {
             latency: Duration::from_millis(faults.latency_ms),
             errors_until,
+            lose_eviction_answers: faults.lose_eviction_answers,
+            watch_delay: Duration::from_millis(faults.watch_delay_ms),
         };
     }
 
@@ -54,7 +67,22 @@ impl FaultState {
         Faults {
             latency_ms: active.latency.as_millis() as u64,
             errors_for_seconds: remaining,
+            lose_eviction_answers: active.lose_eviction_answers,
+            watch_delay_ms: active.watch_delay.as_millis() as u64,
         }
+    }
+
+    /// How late live watch events are sent now.
+    pub(crate) fn watch_delay(&self) -> Duration {
+        self.snapshot().watch_delay
+    }
+
+    /// Whether this eviction's answer is to be lost (counting it).
+    fn lose_eviction_answer(&self) -> bool {
+        let mut active = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let lose = active.lose_eviction_answers > 0;
+        active.lose_eviction_answers = active.lose_eviction_answers.saturating_sub(1);
+        lose
     }
 
     fn snapshot(&self) -> Active {
@@ -76,6 +104,16 @@ pub(crate) async fn inject(
         .is_some_and(|until| Instant::now() < until)
     {
         return ApiError::internal("injected fault: the simulated API server is failing requests")
+            .into_response();
+    }
+    let eviction =
+        request.method() == http::Method::POST && request.uri().path().ends_with("/eviction");
+    if eviction && shared.faults.lose_eviction_answer() {
+        drop(next.run(request).await);
+        return (
+            http::StatusCode::GATEWAY_TIMEOUT,
+            "injected fault: the eviction was carried out and its answer lost",
+        )
             .into_response();
     }
     next.run(request).await

@@ -141,7 +141,7 @@ async fn core_api(
 ) -> Response {
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
-        ["v1"] => discovery::resource_list("", "v1"),
+        ["v1"] => discovery::resource_list(&shared, "", "v1"),
         ["v1", rest @ ..] => {
             serve_resource(&shared, "", "v1", rest, method, query, headers, body).await
         }
@@ -159,8 +159,8 @@ async fn group_api(
 ) -> Response {
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
-        [group] => discovery::group(group),
-        [group, version] => discovery::resource_list(group, version),
+        [group] => discovery::group(&shared, group),
+        [group, version] => discovery::resource_list(&shared, group, version),
         [group, version, rest @ ..] => {
             serve_resource(&shared, group, version, rest, method, query, headers, body).await
         }
@@ -180,6 +180,9 @@ async fn serve_resource(
     body: Bytes,
 ) -> Response {
     let target = match parse_target(group, version, rest) {
+        Ok(target) if target.kind.is_longhorn() && !shared.lock().longhorn_installed() => {
+            return ApiError::path_not_found().into_response();
+        }
         Ok(target) => target,
         Err(error) => return error.into_response(),
     };

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use crate::error::ApiError;
+use crate::longhorn::{LonghornNode, Replica, Setting, Volume};
 use k8s_openapi::Resource;
 
 /// The kinds served, for dispatching to generic handlers.
@@ -20,6 +21,10 @@ pub enum ResourceKind {
     ReplicaSet,
     StatefulSet,
     DaemonSet,
+    LonghornVolume,
+    LonghornReplica,
+    LonghornNode,
+    LonghornSetting,
 }
 
 /// A group/version the server serves and the kinds in it.
@@ -27,6 +32,13 @@ pub struct GroupVersion {
     pub group: &'static str,
     pub version: &'static str,
     pub kinds: &'static [ResourceKind],
+    /// Served only while Longhorn's CRDs are installed (the scenario's `[longhorn]`).
+    pub longhorn: bool,
+}
+
+/// The group/versions served, with Longhorn's when it is installed.
+pub fn served(longhorn: bool) -> impl Iterator<Item = &'static GroupVersion> {
+    SERVED.iter().filter(move |gv| longhorn || !gv.longhorn)
 }
 
 pub const SERVED: &[GroupVersion] = &[
@@ -38,6 +50,7 @@ pub const SERVED: &[GroupVersion] = &[
             ResourceKind::Node,
             ResourceKind::Pod,
         ],
+        longhorn: false,
     },
     GroupVersion {
         group: "apps",
@@ -48,17 +61,32 @@ pub const SERVED: &[GroupVersion] = &[
             ResourceKind::ReplicaSet,
             ResourceKind::StatefulSet,
         ],
+        longhorn: false,
     },
     GroupVersion {
         group: "policy",
         version: "v1",
         kinds: &[ResourceKind::PodDisruptionBudget],
+        longhorn: false,
     },
     // Removed from real servers in 1.25, served here for old clients; same schema as v1.
     GroupVersion {
         group: "policy",
         version: "v1beta1",
         kinds: &[ResourceKind::PodDisruptionBudget],
+        longhorn: false,
+    },
+    // Longhorn's CRDs (deploy/longhorn.yaml): the storage version k3sfleet reads.
+    GroupVersion {
+        group: crate::longhorn::kinds::GROUP,
+        version: crate::longhorn::kinds::VERSION,
+        kinds: &[
+            ResourceKind::LonghornNode,
+            ResourceKind::LonghornReplica,
+            ResourceKind::LonghornSetting,
+            ResourceKind::LonghornVolume,
+        ],
+        longhorn: true,
     },
 ];
 
@@ -73,7 +101,21 @@ impl ResourceKind {
             ResourceKind::ReplicaSet => ReplicaSet::URL_PATH_SEGMENT,
             ResourceKind::StatefulSet => StatefulSet::URL_PATH_SEGMENT,
             ResourceKind::DaemonSet => DaemonSet::URL_PATH_SEGMENT,
+            ResourceKind::LonghornVolume => Volume::URL_PATH_SEGMENT,
+            ResourceKind::LonghornReplica => Replica::URL_PATH_SEGMENT,
+            ResourceKind::LonghornNode => LonghornNode::URL_PATH_SEGMENT,
+            ResourceKind::LonghornSetting => Setting::URL_PATH_SEGMENT,
         }
+    }
+
+    pub fn is_longhorn(self) -> bool {
+        matches!(
+            self,
+            ResourceKind::LonghornVolume
+                | ResourceKind::LonghornReplica
+                | ResourceKind::LonghornNode
+                | ResourceKind::LonghornSetting
+        )
     }
 
     fn lookup(group: &str, version: &str, plural: &str) -> Option<Self> {

@@ -18,6 +18,7 @@ use crate::cluster::objects::{Subresource, object_ref};
 use crate::cluster::pods::DeleteOptions;
 use crate::error::ApiError;
 use crate::kinds::Kind;
+use crate::longhorn::{LonghornNode, Replica, Setting, Volume};
 use crate::selector::{FieldQuery, LabelQuery};
 use crate::time::Now;
 
@@ -31,6 +32,10 @@ pub(super) async fn handle(shared: &Arc<Shared>, request: ApiRequest) -> Respons
         ResourceKind::ReplicaSet => serve::<ReplicaSet>(shared, request).await,
         ResourceKind::StatefulSet => serve::<StatefulSet>(shared, request).await,
         ResourceKind::DaemonSet => serve::<DaemonSet>(shared, request).await,
+        ResourceKind::LonghornVolume => serve::<Volume>(shared, request).await,
+        ResourceKind::LonghornReplica => serve::<Replica>(shared, request).await,
+        ResourceKind::LonghornNode => serve::<LonghornNode>(shared, request).await,
+        ResourceKind::LonghornSetting => serve::<Setting>(shared, request).await,
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -278,13 +283,24 @@ fn decode_object<K: Kind>(request: &ApiRequest, url_name: Option<&str>) -> Resul
     Ok(obj)
 }
 
+/// Who a write is from, as the API server names field managers.
+fn manager_of(request: &ApiRequest) -> String {
+    crate::cluster::fields::manager_of(
+        request.query.get("fieldManager"),
+        request
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 fn create<K: Kind>(shared: &Shared, request: &ApiRequest) -> Result<Response, ApiError> {
     let obj = decode_object::<K>(request, None)?;
     if K::NAMESPACED && request.target.namespace.is_none() {
         return Err(ApiError::method_not_allowed());
     }
     let (created, rv) = shared.mutate(|cluster, now| {
-        let created = cluster.create(obj, now)?;
+        let created = cluster.create_as(obj, now, Some(&manager_of(request)))?;
         K::after_api_write(cluster, &created, None, now);
         Ok::<_, ApiError>((created, cluster.resource_version()))
     })?;
@@ -299,7 +315,7 @@ fn update<K: Kind>(
 ) -> Result<Response, ApiError> {
     let obj = decode_object::<K>(request, Some(name))?;
     let (updated, rv) = shared.mutate(|cluster, now| {
-        let updated = cluster.update(obj, sub, now)?;
+        let updated = cluster.update_as(obj, sub, now, &manager_of(request))?;
         K::after_api_write(cluster, &updated, Some(sub), now);
         Ok::<_, ApiError>((updated, cluster.resource_version()))
     })?;
@@ -346,7 +362,7 @@ fn patch<K: Kind>(
                 "a patch may not change an object's name or namespace",
             ));
         }
-        let updated = cluster.update(patched, sub, now)?;
+        let updated = cluster.update_as(patched, sub, now, &manager_of(request))?;
         K::after_api_write(cluster, &updated, Some(sub), now);
         Ok::<_, ApiError>((updated, cluster.resource_version()))
     })?;

@@ -137,6 +137,7 @@ pub(super) fn serve<K: Kind>(
 
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let mut shutdown = shared.shutdown.clone();
+    let faults = shared.clone();
     let bookmark_interval = shared.bookmark_interval;
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -182,6 +183,7 @@ pub(super) fn serve<K: Kind>(
             deadline,
             bookmarks.then_some(bookmark_interval),
             &mut shutdown,
+            &faults,
         )
         .await;
     });
@@ -199,6 +201,7 @@ async fn stream_live<K: Kind>(
     deadline: tokio::time::Instant,
     bookmark_every: Option<Duration>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    shared: &Shared,
 ) {
     let mut ticker = tokio::time::interval(bookmark_every.unwrap_or(Duration::from_secs(3600)));
     ticker.tick().await;
@@ -208,6 +211,10 @@ async fn stream_live<K: Kind>(
                 Ok(event) if event.rv <= last_rv => {}
                 Ok(event) => {
                     last_rv = event.rv;
+                    let late = shared.faults.watch_delay();
+                    if !late.is_zero() {
+                        tokio::time::sleep(late).await;
+                    }
                     if let Some(bytes) = filtered(&event, selectors, namespace, render)
                         && tx.send(bytes).await.is_err()
                     {

@@ -18,8 +18,10 @@ const VIOLATES_BUDGET: &str = "Cannot evict pod as it would violate the pod's di
 /// What the eviction handler decides before deleting anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EvictionDecision {
-    /// Delete the pod. `pdb` names the budget that allowed it, if one was consulted.
-    Allow { pdb: Option<String> },
+    /// Delete the pod. `pdb` names the budget that allowed it, if one was consulted;
+    /// `spends` says whether the disruption is taken from it (eviction.go
+    /// checkAndDecrement): not for unready pods the budget can spare.
+    Allow { pdb: Option<String>, spends: bool },
     /// Refuse with this error; `pdb` names the budget that refused, if any.
     Refuse {
         error: ApiError,
@@ -35,10 +37,18 @@ pub fn can_ignore_pdb(pod: &Pod) -> bool {
 /// The eviction rules for `pod` given the PDBs that select it.
 pub fn decide(pod: &Pod, pdbs: &[&PodDisruptionBudget]) -> EvictionDecision {
     if can_ignore_pdb(pod) {
-        return EvictionDecision::Allow { pdb: None };
+        return EvictionDecision::Allow {
+            pdb: None,
+            spends: false,
+        };
     }
     let pdb = match pdbs {
-        [] => return EvictionDecision::Allow { pdb: None },
+        [] => {
+            return EvictionDecision::Allow {
+                pdb: None,
+                spends: false,
+            };
+        }
         [one] => *one,
         _ => {
             return EvictionDecision::Refuse {
@@ -68,7 +78,10 @@ pub fn decide(pod: &Pod, pdbs: &[&PodDisruptionBudget]) -> EvictionDecision {
         if always_allow
             || (status.current_healthy >= status.desired_healthy && status.desired_healthy > 0)
         {
-            return EvictionDecision::Allow { pdb: Some(name) };
+            return EvictionDecision::Allow {
+                pdb: Some(name),
+                spends: false,
+            };
         }
     }
 
@@ -108,11 +121,23 @@ pub fn decide(pod: &Pod, pdbs: &[&PodDisruptionBudget]) -> EvictionDecision {
             ),
         ));
     }
-    EvictionDecision::Allow { pdb: Some(name) }
+    EvictionDecision::Allow {
+        pdb: Some(name),
+        spends: true,
+    }
 }
 
+/// How long a budget counts an evicted pod as disrupted while the pod has not
+/// started terminating (disruption controller DeletionTimeout).
+pub const DELETION_TIMEOUT_SECONDS: f64 = 120.0;
+
 impl Cluster {
-    /// Evicts a pod: decides by the PDB rules, then deletes with `options`.
+    /// Evicts a pod as eviction.go does: decides by the PDB rules; takes the
+    /// disruption from the budget (`disruptionsAllowed - 1`, the pod recorded
+    /// in `disruptedPods`) before anything else, so that a later failure, such
+    /// as a UID precondition that does not hold, leaves the budget spent until
+    /// the disruption controller gives the entry up; marks the pod with a
+    /// DisruptionTarget condition; then deletes it with `options`.
     pub fn evict(
         &mut self,
         namespace: &str,
@@ -130,7 +155,7 @@ impl Cluster {
             .map(|p| &**p)
             .collect();
         let decision = decide(&pod, &pdbs);
-        match decision {
+        let (pdb, spends) = match decision {
             EvictionDecision::Refuse { error, pdb } => {
                 if error.code == 429
                     && let Some(pdb) = pdb
@@ -142,16 +167,91 @@ impl Cluster {
                         .or_default() += 1;
                 }
                 tracing::debug!(pod = %format!("{namespace}/{name}"), code = error.code, "eviction refused");
-                Err(error)
+                return Err(error);
             }
-            EvictionDecision::Allow { .. } => {
-                self.delete_pod(namespace, name, options, "eviction", now)?;
-                if !options.dry_run {
-                    self.stats_mut().evictions_accepted += 1;
-                }
-                Ok(())
-            }
+            EvictionDecision::Allow { pdb, spends } => (pdb, spends),
+        };
+        if spends
+            && !options.dry_run
+            && let Some(pdb) = pdb
+        {
+            self.spend_budget(namespace, &pdb, name, now);
         }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Some(expected) = &options.uid_precondition
+            && *expected != uid
+        {
+            self.stats_mut().evictions_stale_uid += 1;
+            return Err(ApiError::conflict(
+                ObjectRef {
+                    plural: "Pod",
+                    group: "",
+                    name,
+                },
+                &format!(
+                    "the UID in the precondition ({expected}) does not match the UID in record ({uid}). \
+                     The object might have been deleted and then recreated"
+                ),
+            ));
+        }
+        if !options.dry_run {
+            self.mark_disruption_target(&pod, now);
+        }
+        let options = DeleteOptions {
+            uid_precondition: None,
+            ..options.clone()
+        };
+        self.delete_pod(namespace, name, &options, "eviction", now)?;
+        if !options.dry_run {
+            self.stats_mut().evictions_accepted += 1;
+        }
+        Ok(())
+    }
+
+    /// checkAndDecrement's write: one disruption fewer, the pod recorded.
+    fn spend_budget(&mut self, namespace: &str, pdb: &str, pod: &str, now: &Now) {
+        let Some(current) = self.pdbs.get(namespace, pdb).cloned() else {
+            return;
+        };
+        let mut budget = (*current).clone();
+        let status = budget.status.get_or_insert_with(Default::default);
+        status.disruptions_allowed -= 1;
+        status
+            .disrupted_pods
+            .get_or_insert_with(Default::default)
+            .insert(pod.to_string(), now.time());
+        if status.disruptions_allowed == 0
+            && let Some(condition) = status
+                .conditions
+                .iter_mut()
+                .flatten()
+                .find(|c| c.type_ == "DisruptionAllowed")
+        {
+            condition.status = "False".into();
+            condition.reason = "InsufficientPods".into();
+            condition.last_transition_time = now.time();
+        }
+        self.write(budget);
+    }
+
+    /// The condition the Eviction API puts on a pod before deleting it.
+    fn mark_disruption_target(&mut self, pod: &Pod, now: &Now) {
+        let mut marked = pod.clone();
+        let conditions = marked
+            .status
+            .get_or_insert_with(Default::default)
+            .conditions
+            .get_or_insert_with(Vec::new);
+        conditions.retain(|c| c.type_ != "DisruptionTarget");
+        conditions.push(k8s_openapi::api::core::v1::PodCondition {
+            type_: "DisruptionTarget".into(),
+            status: "True".into(),
+            reason: Some("EvictionByEvictionAPI".into()),
+            message: Some("Eviction API: evicting".into()),
+            last_transition_time: Some(now.time()),
+            ..Default::default()
+        });
+        self.write(marked);
     }
 }
 

@@ -4,6 +4,7 @@
 //! (PDB status is recomputed after each change, before the next request is served).
 
 pub mod eviction;
+pub mod fields;
 pub mod objects;
 pub mod pods;
 mod stats;
@@ -29,6 +30,8 @@ pub struct ClusterConfig {
     pub scale: TimeScale,
     /// Events kept per kind for watch resumption.
     pub watch_history: usize,
+    /// The simulated Longhorn, when the scenario installs it.
+    pub longhorn: Option<crate::longhorn::LonghornConfig>,
 }
 
 #[derive(Debug)]
@@ -42,6 +45,7 @@ pub struct Cluster {
     pub replicasets: Store<ReplicaSet>,
     pub statefulsets: Store<StatefulSet>,
     pub daemonsets: Store<DaemonSet>,
+    pub longhorn: crate::longhorn::Stores,
     pub(crate) sim: SimState,
     pub(crate) config: ClusterConfig,
     pub(crate) stats: Stats,
@@ -63,6 +67,7 @@ impl Cluster {
             replicasets: Store::with_history(config.watch_history),
             statefulsets: Store::with_history(config.watch_history),
             daemonsets: Store::with_history(config.watch_history),
+            longhorn: crate::longhorn::Stores::with_history(config.watch_history),
             sim: SimState::default(),
             config,
             stats: Stats::default(),

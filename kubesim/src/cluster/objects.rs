@@ -66,7 +66,17 @@ impl Cluster {
 
     /// Creates an object as the API server would: generated name, uid, timestamps, defaults,
     /// validation, namespace existence.
-    pub fn create<K: Kind>(&mut self, mut obj: K, now: &Now) -> Result<Arc<K>, ApiError> {
+    pub fn create<K: Kind>(&mut self, obj: K, now: &Now) -> Result<Arc<K>, ApiError> {
+        self.create_as(obj, now, None)
+    }
+
+    /// [`Cluster::create`] by an API client: `manager` owns the fields it set.
+    pub fn create_as<K: Kind>(
+        &mut self,
+        mut obj: K,
+        now: &Now,
+        manager: Option<&str>,
+    ) -> Result<Arc<K>, ApiError> {
         let meta = obj.metadata_mut();
         if meta.name.as_deref().is_none_or(str::is_empty) {
             match meta.generate_name.clone().filter(|g| !g.is_empty()) {
@@ -123,6 +133,19 @@ impl Cluster {
         meta.deletion_timestamp = None;
         meta.deletion_grace_period_seconds = None;
         meta.managed_fields = None;
+        if let Some(manager) = manager {
+            let value = to_value(&obj)?;
+            let entries = super::fields::after_write(
+                &[],
+                &Value::Null,
+                &value,
+                manager,
+                false,
+                K::API_VERSION,
+                now.time(),
+            );
+            obj.metadata_mut().managed_fields = (!entries.is_empty()).then_some(entries);
+        }
         Ok(self.write(obj))
     }
 
@@ -134,6 +157,18 @@ impl Cluster {
         new: K,
         subresource: Subresource,
         now: &Now,
+    ) -> Result<Arc<K>, ApiError> {
+        self.update_as(new, subresource, now, "kubesim")
+    }
+
+    /// [`Cluster::update`] by `manager`, who then owns the fields it changed
+    /// (metadata.managedFields).
+    pub fn update_as<K: Kind>(
+        &mut self,
+        new: K,
+        subresource: Subresource,
+        now: &Now,
+        manager: &str,
     ) -> Result<Arc<K>, ApiError> {
         let namespace = if K::NAMESPACED {
             new.metadata().namespace.clone().unwrap_or_default()
@@ -199,6 +234,7 @@ impl Cluster {
         meta.generation = current_meta.generation;
         meta.resource_version = current_meta.resource_version.clone();
         meta.namespace = current_meta.namespace.clone();
+        meta.managed_fields = current_meta.managed_fields.clone();
         let causes = merged.validate();
         if !causes.is_empty() {
             return Err(ApiError::invalid(K::KIND, object_ref::<K>(&name), causes));
@@ -207,6 +243,16 @@ impl Cluster {
         if merged_value == old_value {
             return Ok(current);
         }
+        let entries = super::fields::after_write(
+            current_meta.managed_fields.as_deref().unwrap_or_default(),
+            &old_value,
+            &merged_value,
+            manager,
+            subresource == Subresource::Status,
+            K::API_VERSION,
+            now.time(),
+        );
+        merged.metadata_mut().managed_fields = (!entries.is_empty()).then_some(entries);
         if merged_value.get("spec") != old_value.get("spec") {
             merged.metadata_mut().generation = Some(current_meta.generation.unwrap_or(0) + 1);
         }

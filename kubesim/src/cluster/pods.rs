@@ -95,17 +95,24 @@ fn full_name(namespace: Option<&str>, name: Option<&str>) -> String {
 
 impl Cluster {
     /// Counts a violation for every PDB covering `pod` that allowed no disruption, if the pod
-    /// was healthy (an unhealthy pod does not reduce the budget's currentHealthy).
+    /// was healthy (an unhealthy pod does not reduce the budget's currentHealthy). A budget
+    /// that recorded the pod in `disruptedPods` gave this disruption already (an eviction
+    /// it admitted).
     pub(crate) fn record_disruption(&mut self, pod: &Pod, action: &str, now: &Now) {
         if !counts_as_healthy(pod) {
             return;
         }
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
         let violated: Vec<String> = matching_pdbs(self, pod)
             .into_iter()
             .filter(|pdb| {
-                pdb.status
-                    .as_ref()
-                    .is_none_or(|s| s.disruptions_allowed <= 0)
+                pdb.status.as_ref().is_none_or(|s| {
+                    s.disruptions_allowed <= 0
+                        && !s
+                            .disrupted_pods
+                            .as_ref()
+                            .is_some_and(|d| d.contains_key(name))
+                })
             })
             .map(|pdb| {
                 full_name(

@@ -25,10 +25,24 @@ pub struct Stats {
     pub evictions_accepted: u64,
     /// 429 answers per PDB (`namespace/name`).
     pub evictions_refused: BTreeMap<String, u64>,
+    /// Evictions refused with 409 because the pod's UID was no longer the
+    /// one asked for, after the budget had been spent (as the real API
+    /// server does).
+    #[serde(default)]
+    pub evictions_stale_uid: u64,
     /// Pods deleted through the API (plain DELETE or eviction).
     pub pods_deleted: u64,
     /// Pods created by controllers to replace lost ones.
     pub pods_recreated: u64,
+    /// Longhorn volumes that fell to no healthy replica (the simulated Longhorn judges).
+    #[serde(default)]
+    pub longhorn_violations: Vec<crate::longhorn::LonghornViolation>,
+    /// The fewest healthy replicas each Longhorn volume had at any moment.
+    #[serde(default)]
+    pub longhorn_lowest_healthy: BTreeMap<String, u64>,
+    /// Replicas Longhorn rebuilt (in place or elsewhere).
+    #[serde(default)]
+    pub longhorn_rebuilds: u64,
 }
 
 impl Stats {

@@ -65,7 +65,7 @@ impl SimState {
         self.external_kubelets.insert(node.to_owned(), now.instant);
     }
 
-    fn wake_at(&mut self, at: Instant) {
+    pub(crate) fn wake_at(&mut self, at: Instant) {
         self.next_wake = Some(self.next_wake.map_or(at, |w| w.min(at)));
     }
 
@@ -116,6 +116,7 @@ impl Cluster {
             changed |= scheduler::schedule(self, now);
             changed |= kubelet::sync_pods(self, now);
             changed |= nodes::monitor_heartbeats(self, now);
+            changed |= crate::longhorn::sync(self, now);
             changed |= status::sync(self);
             changed |= pdb::sync(self, now);
             if !changed {

@@ -60,6 +60,38 @@ pub struct BudgetInputs<'a> {
     pub pods: &'a [&'a Pod],
     /// The summed scale of the pods' controllers, or why it cannot be known.
     pub expected_scale: Result<i32, String>,
+    /// How long an evicted pod that has not started terminating stays
+    /// recorded as disrupted (DeletionTimeout, in wall time).
+    pub deletion_timeout: std::time::Duration,
+}
+
+/// `buildDisruptedPodMap`: the budget's recorded disruptions that still
+/// stand. An entry goes once its pod is terminating or gone, or after the
+/// deletion timeout; a pod recreated under the same name before the
+/// controller saw the old one go keeps the entry (the name is the key).
+fn disrupted_pods(
+    pdb: &PodDisruptionBudget,
+    inputs: &BudgetInputs<'_>,
+    now: &Now,
+) -> std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    let recorded = pdb
+        .status
+        .as_ref()
+        .and_then(|s| s.disrupted_pods.clone())
+        .unwrap_or_default();
+    let timeout = k8s_openapi::jiff::SignedDuration::try_from(inputs.deletion_timeout)
+        .unwrap_or(k8s_openapi::jiff::SignedDuration::ZERO);
+    inputs
+        .pods
+        .iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter_map(|pod| {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let since = recorded.get(&name)?;
+            let expires = since.0.checked_add(timeout).ok()?;
+            (expires > now.wall).then(|| (name, since.clone()))
+        })
+        .collect()
 }
 
 /// (expectedCount, desiredHealthy), or the error that makes the controller fail safe.
@@ -93,9 +125,15 @@ pub fn compute_status(
     now: &Now,
 ) -> PodDisruptionBudgetStatus {
     let previous = pdb.status.clone().unwrap_or_default();
+    let disrupted = disrupted_pods(pdb, inputs, now);
     let (status, condition) = match expected_and_desired(pdb, inputs) {
         Ok((expected, desired)) => {
-            let current = inputs.pods.iter().filter(|p| counts_as_healthy(p)).count() as i32;
+            let current = inputs
+                .pods
+                .iter()
+                .filter(|p| counts_as_healthy(p))
+                .filter(|p| !disrupted.contains_key(p.metadata.name.as_deref().unwrap_or_default()))
+                .count() as i32;
             let allowed = if expected <= 0 {
                 0
             } else {
@@ -112,7 +150,7 @@ pub fn compute_status(
                 disruptions_allowed: allowed,
                 expected_pods: expected,
                 observed_generation: pdb.metadata.generation,
-                disrupted_pods: None,
+                disrupted_pods: (!disrupted.is_empty()).then_some(disrupted),
                 conditions: previous.conditions.clone(),
             };
             (status, (condition.0, condition.1, condition.2.to_owned()))
@@ -266,6 +304,10 @@ pub(super) fn sync(cluster: &mut Cluster, now: &Now) -> bool {
         let inputs = BudgetInputs {
             pods: &pods,
             expected_scale: expected_scale(cluster, &pods),
+            deletion_timeout: cluster
+                .config
+                .scale
+                .wall(crate::cluster::eviction::DELETION_TIMEOUT_SECONDS),
         };
         let status = compute_status(&pdb, &inputs, now);
         if pdb.status.as_ref() != Some(&status) {
@@ -330,6 +372,7 @@ mod tests {
             &BudgetInputs {
                 pods: &refs,
                 expected_scale: scale,
+                deletion_timeout: std::time::Duration::from_secs(120),
             },
             &Now::capture(),
         )

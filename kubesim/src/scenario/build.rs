@@ -32,6 +32,14 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
         timings: scenario.timings.clone(),
         scale: scenario.time_scale(),
         watch_history: scenario.cluster.watch_history,
+        longhorn: scenario
+            .longhorn
+            .as_ref()
+            .map(|l| crate::longhorn::LonghornConfig {
+                node_selector: l.node_selector.clone(),
+                rebuild_seconds: l.rebuild_seconds,
+                replenishment_wait: l.replica_replenishment_wait_interval,
+            }),
     };
     let mut cluster = Cluster::new(config, scenario.cluster.seed);
     cluster.sim.bootstrapping = true;
@@ -66,9 +74,52 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
             cluster.sim.kubelet_heartbeat(&spec.name, now);
         }
     }
+    let workloads = workloads(scenario);
+    for deployment in workloads.deployments {
+        let r = cluster.create(deployment, now).map(drop);
+        create(&mut cluster, "deployment", r);
+    }
+    for sts in workloads.statefulsets {
+        let r = cluster.create(sts, now).map(drop);
+        create(&mut cluster, "statefulset", r);
+    }
+    for ds in workloads.daemonsets {
+        let r = cluster.create(ds, now).map(drop);
+        create(&mut cluster, "daemonset", r);
+    }
+    for p in &scenario.pods {
+        let r = create_bare_pod(&mut cluster, p, now);
+        create(&mut cluster, "pod", r);
+    }
+    for pdb in workloads.pdbs {
+        let r = cluster.create(pdb, now).map(drop);
+        create(&mut cluster, "poddisruptionbudget", r);
+    }
+    if let Some(longhorn) = &scenario.longhorn {
+        let r = crate::longhorn::install(&mut cluster, scenario, longhorn, now);
+        create(&mut cluster, "longhorn", r);
+    }
+    cluster.reconcile(now);
+    cluster.sim.bootstrapping = false;
+    cluster
+}
+
+/// The scenario's workload objects as a client would create them: what the
+/// simulated cluster starts with, and what the real test tier applies
+/// (see [`super::manifests`]).
+#[derive(Debug, Clone, Default)]
+pub struct Workloads {
+    pub deployments: Vec<Deployment>,
+    pub statefulsets: Vec<StatefulSet>,
+    pub daemonsets: Vec<DaemonSet>,
+    pub pdbs: Vec<PodDisruptionBudget>,
+}
+
+pub fn workloads(scenario: &Scenario) -> Workloads {
+    let mut all = Workloads::default();
     for w in &scenario.deployments {
         let labels = pod_labels(&w.name, &w.labels);
-        let deployment = Deployment {
+        all.deployments.push(Deployment {
             metadata: meta(&w.name, Some(&w.namespace), labels.clone()),
             spec: Some(DeploymentSpec {
                 replicas: Some(w.replicas),
@@ -85,13 +136,11 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
                 ..Default::default()
             }),
             status: None,
-        };
-        let r = cluster.create(deployment, now).map(drop);
-        create(&mut cluster, "deployment", r);
+        });
     }
     for w in &scenario.statefulsets {
         let labels = pod_labels(&w.name, &w.labels);
-        let sts = StatefulSet {
+        all.statefulsets.push(StatefulSet {
             metadata: meta(&w.name, Some(&w.namespace), labels.clone()),
             spec: Some(StatefulSetSpec {
                 replicas: Some(w.replicas),
@@ -110,9 +159,7 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
                 ..Default::default()
             }),
             status: None,
-        };
-        let r = cluster.create(sts, now).map(drop);
-        create(&mut cluster, "statefulset", r);
+        });
     }
     for d in &scenario.daemonsets {
         let labels = pod_labels(&d.name, &d.labels);
@@ -121,7 +168,7 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
             operator: Some("Exists".into()),
             ..Default::default()
         }];
-        let ds = DaemonSet {
+        all.daemonsets.push(DaemonSet {
             metadata: meta(&d.name, Some(&d.namespace), labels.clone()),
             spec: Some(DaemonSetSpec {
                 selector: selector(&d.name),
@@ -137,13 +184,7 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
                 ..Default::default()
             }),
             status: None,
-        };
-        let r = cluster.create(ds, now).map(drop);
-        create(&mut cluster, "daemonset", r);
-    }
-    for p in &scenario.pods {
-        let r = create_bare_pod(&mut cluster, p, now);
-        create(&mut cluster, "pod", r);
+        });
     }
     for p in &scenario.pdbs {
         let amount = |v: &Option<IntOrPercent>| {
@@ -152,7 +193,7 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
                 IntOrPercent::Percent(s) => IntOrString::String(s.clone()),
             })
         };
-        let pdb = PodDisruptionBudget {
+        all.pdbs.push(PodDisruptionBudget {
             metadata: meta(&p.name, Some(&p.namespace), BTreeMap::new()),
             spec: Some(PodDisruptionBudgetSpec {
                 selector: Some(LabelSelector {
@@ -164,16 +205,48 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
                 unhealthy_pod_eviction_policy: p.unhealthy_pod_eviction_policy.clone(),
             }),
             status: None,
-        };
-        let r = cluster.create(pdb, now).map(drop);
-        create(&mut cluster, "poddisruptionbudget", r);
+        });
     }
-    cluster.reconcile(now);
-    cluster.sim.bootstrapping = false;
-    cluster
+    all
 }
 
-fn meta(name: &str, namespace: Option<&str>, labels: BTreeMap<String, String>) -> ObjectMeta {
+/// A bare pod of the scenario as a client would create it (no status; the
+/// simulated cluster's mirror pods also get their Node owner, which needs the
+/// Node's UID).
+pub fn bare_pod(spec: &BarePodSpec) -> Pod {
+    let mut labels = spec.labels.clone();
+    labels.insert("app".into(), spec.name.clone());
+    let mut metadata = meta(&spec.name, Some(&spec.namespace), labels);
+    let mut pod_spec = pod_spec(
+        &spec.name,
+        &BTreeMap::new(),
+        spec.empty_dir,
+        spec.grace_period,
+        &spec.image,
+        vec![],
+    );
+    pod_spec.node_name.clone_from(&spec.node);
+    if spec.mirror {
+        metadata.annotations = Some(BTreeMap::from([
+            (
+                MIRROR_ANNOTATION.to_string(),
+                format!("{:x}", md5ish(&spec.name)),
+            ),
+            ("kubernetes.io/config.source".into(), "file".into()),
+        ]));
+    }
+    Pod {
+        metadata,
+        spec: Some(pod_spec),
+        status: None,
+    }
+}
+
+pub(super) fn meta(
+    name: &str,
+    namespace: Option<&str>,
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
         namespace: namespace.map(str::to_owned),
@@ -259,7 +332,9 @@ fn template(
     }
 }
 
-fn node_object(spec: &ScenarioNode, index: usize, cluster_version: &str, now: &Now) -> Node {
+/// The labels a node of the scenario carries: the kubelet's well-known ones,
+/// K3s's role labels on servers, then the scenario's own.
+pub fn node_labels(spec: &ScenarioNode) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), spec.name.clone()),
         ("kubernetes.io/os".into(), "linux".into()),
@@ -275,6 +350,26 @@ fn node_object(spec: &ScenarioNode, index: usize, cluster_version: &str, now: &N
         }
     }
     labels.extend(spec.labels.clone());
+    labels
+}
+
+/// The scenario's taints on a node.
+pub fn node_taints(spec: &ScenarioNode) -> Option<Vec<Taint>> {
+    (!spec.taints.is_empty()).then(|| {
+        spec.taints
+            .iter()
+            .map(|t| Taint {
+                key: t.key.clone(),
+                value: t.value.clone(),
+                effect: t.effect.clone(),
+                time_added: None,
+            })
+            .collect()
+    })
+}
+
+fn node_object(spec: &ScenarioNode, index: usize, cluster_version: &str, now: &Now) -> Node {
+    let labels = node_labels(spec);
     let version = spec
         .kubelet_version
         .clone()
@@ -310,17 +405,7 @@ fn node_object(spec: &ScenarioNode, index: usize, cluster_version: &str, now: &N
             pod_cidrs: Some(vec![format!("10.42.{index}.0/24")]),
             provider_id: Some(format!("k3s://{}", spec.name)),
             unschedulable: spec.unschedulable.then_some(true),
-            taints: (!spec.taints.is_empty()).then(|| {
-                spec.taints
-                    .iter()
-                    .map(|t| Taint {
-                        key: t.key.clone(),
-                        value: t.value.clone(),
-                        effect: t.effect.clone(),
-                        time_added: None,
-                    })
-                    .collect()
-            }),
+            taints: node_taints(spec),
             ..Default::default()
         }),
         status: Some(NodeStatus {
@@ -380,18 +465,7 @@ fn create_bare_pod(
     spec: &BarePodSpec,
     now: &Now,
 ) -> Result<(), crate::error::ApiError> {
-    let mut labels = spec.labels.clone();
-    labels.insert("app".into(), spec.name.clone());
-    let mut metadata = meta(&spec.name, Some(&spec.namespace), labels);
-    let mut pod_spec = pod_spec(
-        &spec.name,
-        &BTreeMap::new(),
-        spec.empty_dir,
-        spec.grace_period,
-        &spec.image,
-        vec![],
-    );
-    pod_spec.node_name.clone_from(&spec.node);
+    let mut pod = bare_pod(spec);
     if spec.mirror {
         let node_name = spec.node.clone().unwrap_or_default();
         let node_uid = cluster
@@ -399,14 +473,7 @@ fn create_bare_pod(
             .get("", &node_name)
             .and_then(|n| n.metadata.uid.clone())
             .unwrap_or_default();
-        metadata.annotations = Some(BTreeMap::from([
-            (
-                MIRROR_ANNOTATION.to_string(),
-                format!("{:x}", md5ish(&spec.name)),
-            ),
-            ("kubernetes.io/config.source".into(), "file".into()),
-        ]));
-        metadata.owner_references = Some(vec![OwnerReference {
+        pod.metadata.owner_references = Some(vec![OwnerReference {
             api_version: "v1".into(),
             kind: "Node".into(),
             name: node_name,
@@ -415,11 +482,6 @@ fn create_bare_pod(
             block_owner_deletion: None,
         }]);
     }
-    let pod = Pod {
-        metadata,
-        spec: Some(pod_spec),
-        status: None,
-    };
     let created = cluster.create(pod, now)?;
     let uid = created.metadata.uid.clone().unwrap_or_default();
     match spec.phase {

@@ -33,9 +33,10 @@
 //! mirror pods, emptyDir, taints, node selectors).
 
 mod build;
+pub mod manifests;
 mod validate;
 
-pub use build::build_cluster;
+pub use build::{Workloads, bare_pod, build_cluster, workloads};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -91,6 +92,50 @@ pub struct Scenario {
     pub pods: Vec<BarePodSpec>,
     #[serde(default)]
     pub pdbs: Vec<PdbSpec>,
+    /// The simulated Longhorn (its CRDs served, its controller run), when present.
+    pub longhorn: Option<LonghornSection>,
+}
+
+/// `[longhorn]`: Longhorn installed, and its volumes.
+///
+/// ```toml
+/// [longhorn]
+/// node_selector = { "node-role.kubernetes.io/worker" = "true" }  # where Longhorn runs
+/// node_drain_policy = "block-if-contains-last-replica"          # Longhorn's default
+/// rebuild_seconds = 30                                          # one replica's rebuild
+/// replica_replenishment_wait_interval = 600                     # Longhorn's default
+///
+/// [[longhorn.volumes]]
+/// name = "pvc-ledger-0"
+/// replicas = 3
+/// consumer = "billing/ledger-db-0"   # attached where this pod runs
+/// nodes = ["worker-01", "worker-02", "worker-03"]  # optional: where the replicas start
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LonghornSection {
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default = "default_drain_policy")]
+    pub node_drain_policy: String,
+    #[serde(default = "default_rebuild_seconds")]
+    pub rebuild_seconds: f64,
+    #[serde(default = "default_replenishment_wait")]
+    pub replica_replenishment_wait_interval: f64,
+    #[serde(default)]
+    pub volumes: Vec<LonghornVolumeSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LonghornVolumeSpec {
+    pub name: String,
+    pub replicas: u32,
+    /// `namespace/pod` of the pod using it.
+    pub consumer: Option<String>,
+    /// Nodes of its replicas at the start [default: spread over Longhorn's nodes].
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +344,19 @@ pub struct PdbSpec {
     pub unhealthy_pod_eviction_policy: Option<String>,
 }
 
+fn default_drain_policy() -> String {
+    "block-if-contains-last-replica".into()
+}
+
+fn default_rebuild_seconds() -> f64 {
+    30.0
+}
+
+/// Longhorn's default replica-replenishment-wait-interval (types/setting.go).
+fn default_replenishment_wait() -> f64 {
+    600.0
+}
+
 fn default_version() -> String {
     "v1.33.5+k3s1".into()
 }
@@ -369,6 +427,9 @@ impl Scenario {
         names.extend(self.daemonsets.iter().map(|w| w.namespace.clone()));
         names.extend(self.pods.iter().map(|p| p.namespace.clone()));
         names.extend(self.pdbs.iter().map(|p| p.namespace.clone()));
+        if self.longhorn.is_some() {
+            names.push(crate::longhorn::NAMESPACE.to_string());
+        }
         names.sort();
         names.dedup();
         names

@@ -251,6 +251,87 @@ pub(super) fn validate(s: &Scenario, origin: &str) -> Result<(), ScenarioError> 
             ));
         }
     }
+    if let Some(longhorn) = &s.longhorn {
+        validate_longhorn(&c, s, longhorn)?;
+    }
+    Ok(())
+}
+
+fn validate_longhorn(
+    c: &Checker<'_>,
+    s: &Scenario,
+    longhorn: &super::LonghornSection,
+) -> Result<(), ScenarioError> {
+    if !crate::longhorn::DRAIN_POLICIES.contains(&longhorn.node_drain_policy.as_str()) {
+        return Err(c.fail(
+            "longhorn.node_drain_policy",
+            &longhorn.node_drain_policy,
+            format!(
+                "must be one of {}",
+                crate::longhorn::DRAIN_POLICIES.join(", ")
+            ),
+        ));
+    }
+    c.seconds("longhorn.rebuild_seconds", longhorn.rebuild_seconds)?;
+    c.seconds(
+        "longhorn.replica_replenishment_wait_interval",
+        longhorn.replica_replenishment_wait_interval,
+    )?;
+    let longhorn_nodes: Vec<&str> = s
+        .nodes
+        .iter()
+        .filter(|n| {
+            longhorn
+                .node_selector
+                .iter()
+                .all(|(k, v)| n.labels.get(k) == Some(v))
+        })
+        .map(|n| n.name.as_str())
+        .collect();
+    let mut names = HashSet::new();
+    for (i, volume) in longhorn.volumes.iter().enumerate() {
+        let field = |f: &str| format!("longhorn.volumes[{i}].{f}");
+        c.dns_name(field("name"), &volume.name)?;
+        if !names.insert(volume.name.as_str()) {
+            return Err(c.fail(field("name"), &volume.name, "defined twice"));
+        }
+        if volume.replicas == 0 || volume.replicas as usize > longhorn_nodes.len() {
+            return Err(c.fail(
+                field("replicas"),
+                volume.replicas,
+                format!(
+                    "must be between 1 and the {} nodes Longhorn runs on",
+                    longhorn_nodes.len()
+                ),
+            ));
+        }
+        if let Some(consumer) = &volume.consumer
+            && !consumer
+                .split_once('/')
+                .is_some_and(|(ns, pod)| !ns.is_empty() && !pod.is_empty())
+        {
+            return Err(c.fail(field("consumer"), consumer, "must be namespace/pod"));
+        }
+        if !volume.nodes.is_empty() {
+            let distinct: HashSet<&String> = volume.nodes.iter().collect();
+            if volume.nodes.len() != volume.replicas as usize
+                || distinct.len() != volume.nodes.len()
+            {
+                return Err(c.fail(
+                    field("nodes"),
+                    &volume.nodes,
+                    "must name one distinct node per replica",
+                ));
+            }
+            if let Some(stray) = volume
+                .nodes
+                .iter()
+                .find(|n| !longhorn_nodes.contains(&n.as_str()))
+            {
+                return Err(c.fail(field("nodes"), stray, "is not a node Longhorn runs on"));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -52,7 +52,7 @@ impl LoadCoordinator {
             Some(host) => SocketAddr::new(host.address.into(), NETNS_PORT),
             None => format!("127.0.0.1:{}", free_port()?).parse()?,
         };
-        let ca = create_pki_for(&pki, &addr.ip().to_string())?;
+        let ca = create_pki_for(&pki, &[addr.ip().to_string()])?;
         let config = dir.join("coordinator.toml");
         std::fs::write(
             &config,

@@ -1,17 +1,23 @@
 //! A rollout as the API shows it.
 
+use std::collections::BTreeMap;
+
 use k3sfleet_proto::v1::{NodeRole, NodeStatus, RolloutStatus, WaitTotal};
 
-use super::engine::RolloutEngine;
 use super::window::MaintenanceWindow;
-use crate::clock::unix_ms;
 use crate::store::RolloutRecord;
 
-pub fn to_proto(rollout: &RolloutRecord, engine: &RolloutEngine) -> RolloutStatus {
+/// The status of `rollout`, with the blockers of an active one ("" is the
+/// rollout's own), at `now_ms`.
+pub fn to_proto(
+    rollout: &RolloutRecord,
+    blockers: &BTreeMap<String, String>,
+    now_ms: i64,
+) -> RolloutStatus {
     let active = !rollout.phase.is_finished();
     let blocker = |key: &str| {
         if active {
-            engine.blocker(key)
+            blockers.get(key).cloned().unwrap_or_default()
         } else {
             String::new()
         }
@@ -22,7 +28,7 @@ pub fn to_proto(rollout: &RolloutRecord, engine: &RolloutEngine) -> RolloutStatu
         .iter()
         .filter_map(|w| w.parse().ok())
         .collect();
-    let now = jiff::Timestamp::now();
+    let now = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let window_opens = if active && !super::window::open(&windows, now) {
         windows
             .iter()
@@ -56,7 +62,7 @@ pub fn to_proto(rollout: &RolloutRecord, engine: &RolloutEngine) -> RolloutStatu
                 } as i32,
                 step: node.step.as_str().to_string(),
                 attempt: node.attempt,
-                wave: node.wave,
+                wave: node.batch,
                 step_started_unix_ms: node.step_started_ms.unwrap_or(0),
                 started_unix_ms: node.started_ms.unwrap_or(0),
                 finished_unix_ms: node.finished_ms.unwrap_or(0),
@@ -76,7 +82,8 @@ pub fn to_proto(rollout: &RolloutRecord, engine: &RolloutEngine) -> RolloutStatu
             })
             .collect(),
         window_opens_unix_ms: window_opens,
-        waves_started: rollout.waves_started,
-        now_unix_ms: unix_ms(),
+        waves_started: rollout.batches_started,
+        now_unix_ms: now_ms,
+        generation: rollout.generation,
     }
 }
