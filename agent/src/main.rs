@@ -205,7 +205,7 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
             "node {node_name}, coordinator {}",
             config.coordinator.address
         ));
-        let _watchdog = systemd::spawn_watchdog();
+        let _watchdog = systemd::spawn_watchdog(|| true);
         tracing::info!(node = node_name, "agent started");
         let signal = shutdown::signal_received().await;
         tracing::info!(signal, "shutting down");
@@ -245,6 +245,7 @@ async fn serve_metrics(
     Ok(tokio::spawn(metrics::serve(
         listener,
         render,
+        None,
         "k3sfleet-agent: metrics at /metrics\n",
         stop,
     )))

@@ -17,6 +17,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use crate::access::Revocations;
+use crate::rate_limit::AnonymousLimiter;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,15 +150,46 @@ fn caller_of<B>(request: &Request<B>) -> Result<Caller, Status> {
     }
 }
 
-/// Tower layer that applies [`authorize`] to every request.
+/// The client's address, from the connection.
+fn peer_address<B>(request: &Request<B>) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.get_ref().remote_addr())
+        .map(|addr| addr.ip())
+}
+
+/// Holds an anonymous caller to its address's rate.
+fn within_rate<B>(
+    request: &Request<B>,
+    caller: Caller,
+    anonymous: &AnonymousLimiter,
+) -> Result<Caller, Status> {
+    let (Caller::Anonymous, Some(address)) = (&caller, peer_address(request)) else {
+        return Ok(caller);
+    };
+    anonymous.take(address).map(|()| caller).map_err(|wait| {
+        Status::resource_exhausted(format!(
+            "too many calls without a client certificate from {address}; try again in {} ms",
+            wait.as_millis().max(1)
+        ))
+    })
+}
+
+/// Tower layer that applies [`authorize`] to every request, and holds
+/// anonymous callers to a rate.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     revocations: Arc<Revocations>,
+    anonymous: Arc<AnonymousLimiter>,
 }
 
 impl AuthLayer {
-    pub fn new(revocations: Arc<Revocations>) -> Self {
-        AuthLayer { revocations }
+    pub fn new(revocations: Arc<Revocations>, anonymous: AnonymousLimiter) -> Self {
+        AuthLayer {
+            revocations,
+            anonymous: Arc::new(anonymous),
+        }
     }
 }
 
@@ -168,6 +200,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             revocations: self.revocations.clone(),
+            anonymous: self.anonymous.clone(),
         }
     }
 }
@@ -176,6 +209,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     revocations: Arc<Revocations>,
+    anonymous: Arc<AnonymousLimiter>,
 }
 
 impl<S, B> Service<Request<B>> for AuthService<S>
@@ -195,11 +229,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let decision = authorize(request.uri().path(), caller_of(&request), &self.revocations);
+        let decision = authorize(request.uri().path(), caller_of(&request), &self.revocations)
+            .and_then(|caller| within_rate(&request, caller, &self.anonymous));
         match decision {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 futures::future::Either::Right(self.inner.call(request))
+            }
+            // A flood of calls over the rate is not logged call by call.
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                futures::future::Either::Left(futures::future::ready(Ok(status.into_http())))
             }
             Err(status) => {
                 tracing::info!(

@@ -1,7 +1,7 @@
 //! The coordinator's configuration file (TOML).
 //!
 //! Every key has a default except the TLS files; unknown keys are errors.
-//! See `packaging/coordinator.toml` for the documented example.
+//! See `packaging/config/coordinator.toml` for the documented example.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,78 @@ pub struct CoordinatorConfig {
     /// Prometheus `/metrics` over plain HTTP; off without this section.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// What clients may hold of the accept loop, and how fast callers
+    /// without a certificate may call.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections, agent sessions included; past it a new connection
+    /// is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// TLS handshakes in flight at once.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// TLS handshakes in flight from one client address; more wait.
+    #[serde(default = "default_max_handshakes_per_address")]
+    pub max_handshakes_per_address: usize,
+    /// A connection that has not completed its handshake this long after it
+    /// was accepted (waiting for a slot included) is closed.
+    #[serde(
+        default = "default_handshake_timeout",
+        with = "k3sfleet_daemon::duration"
+    )]
+    pub handshake_timeout: Duration,
+    /// Calls without a client certificate (enrollment, health) one address
+    /// may make per second, sustained...
+    #[serde(default = "default_anonymous_rate")]
+    pub anonymous_calls_per_second: u32,
+    /// ...and at once, after a quiet spell.
+    #[serde(default = "default_anonymous_burst")]
+    pub anonymous_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: default_max_connections(),
+            max_handshakes: default_max_handshakes(),
+            max_handshakes_per_address: default_max_handshakes_per_address(),
+            handshake_timeout: default_handshake_timeout(),
+            anonymous_calls_per_second: default_anonymous_rate(),
+            anonymous_burst: default_anonymous_burst(),
+        }
+    }
+}
+
+// Sized for 20,000 agents reconnecting at once after a restart, a few
+// thousand of them behind one address.
+fn default_max_connections() -> usize {
+    50_000
+}
+
+fn default_max_handshakes() -> usize {
+    4096
+}
+
+fn default_max_handshakes_per_address() -> usize {
+    512
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_anonymous_rate() -> u32 {
+    20
+}
+
+fn default_anonymous_burst() -> u32 {
+    100
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +228,31 @@ impl CoordinatorConfig {
                 path,
                 "report_flush_interval",
                 "must be greater than zero",
+            ));
+        }
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.max_connections", limits.max_connections),
+            ("limits.max_handshakes", limits.max_handshakes),
+            (
+                "limits.max_handshakes_per_address",
+                limits.max_handshakes_per_address,
+            ),
+            (
+                "limits.anonymous_calls_per_second",
+                limits.anonymous_calls_per_second as usize,
+            ),
+            ("limits.anonymous_burst", limits.anonymous_burst as usize),
+        ] {
+            if value == 0 {
+                return Err(config::invalid(path, key, "must be greater than zero"));
+            }
+        }
+        if limits.handshake_timeout < Duration::from_secs(1) {
+            return Err(config::invalid(
+                path,
+                "limits.handshake_timeout",
+                "must be at least 1s",
             ));
         }
         let enrollment = &self.enrollment;

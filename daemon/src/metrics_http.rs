@@ -22,6 +22,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// A scraper that sends nothing for this long is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether the daemon can do its work: `Err` lists why not. Answers `/ready`.
+pub type Ready = Arc<dyn Fn() -> Result<(), Vec<String>> + Send + Sync>;
+
 /// Produces the exposition text for one scrape.
 pub type Render = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
@@ -47,10 +50,12 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, ListenError> {
         .map_err(|source| ListenError { address, source })
 }
 
-/// Serves `/metrics` until `stop` is cancelled; `/` answers `banner`.
+/// Serves `/metrics` until `stop` is cancelled; `/` answers `banner`, and
+/// `/ready` 200 or 503 with the reasons, when given `ready`.
 pub async fn serve(
     listener: TcpListener,
     render: Render,
+    ready: Option<Ready>,
     banner: &'static str,
     stop: CancellationToken,
 ) {
@@ -67,11 +72,15 @@ pub async fn serve(
             _ = stop.cancelled() => return,
         };
         let render = render.clone();
+        let ready = ready.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let render = render.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &render, banner).await) }
+                let ready = ready.clone();
+                async move {
+                    Ok::<_, Infallible>(respond(&request, &render, ready.as_ref(), banner).await)
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -89,13 +98,14 @@ pub async fn serve(
 async fn respond(
     request: &Request<Incoming>,
     render: &Render,
+    ready: Option<&Ready>,
     banner: &'static str,
 ) -> Response<Full<Bytes>> {
-    let text = |status, body: &'static str| {
+    let text = |status, body: String| {
         Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .body(Full::new(Bytes::from(body)))
             .expect("valid response")
     };
     match (request.method(), request.uri().path()) {
@@ -103,11 +113,18 @@ async fn respond(
             .header(header::CONTENT_TYPE, CONTENT_TYPE)
             .body(Full::new(Bytes::from(render().await)))
             .expect("valid response"),
-        (&Method::GET, "/") => text(StatusCode::OK, banner),
-        (_, "/metrics") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        (&Method::GET, "/") => text(StatusCode::OK, banner.to_string()),
+        (&Method::GET, "/ready") if ready.is_some() => match ready.map(|ready| ready()) {
+            Some(Err(problems)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", problems.join("; ")),
+            ),
+            _ => text(StatusCode::OK, "ready\n".to_string()),
+        },
+        (_, "/metrics") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".to_string()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; metrics are at /metrics\n",
+            "not found; metrics are at /metrics\n".to_string(),
         ),
     }
 }

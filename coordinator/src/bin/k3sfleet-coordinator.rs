@@ -157,7 +157,10 @@ fn run_daemon(config_path: PathBuf) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut running = server::start(config).await?;
         systemd::notify_ready(&format!("serving on {}", running.local_addr));
-        let _watchdog = systemd::spawn_watchdog();
+        let _watchdog = systemd::spawn_watchdog({
+            let readiness = running.readiness.clone();
+            move || readiness.loops_running()
+        });
         tokio::select! {
             signal = shutdown::signal_received() => {
                 tracing::info!(signal, "shutting down");

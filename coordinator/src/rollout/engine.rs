@@ -38,6 +38,7 @@ use super::store::RolloutStore;
 use super::transition::{apply, on_load};
 use crate::clock::Clock;
 use crate::drain::Claims;
+use crate::heartbeat::Heartbeat;
 use crate::store::{AuditEvent, NodeProgress, RolloutRecord, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -232,8 +233,13 @@ impl RolloutEngine {
         Ok(super::view::to_proto(&rollout, &BTreeMap::new(), now))
     }
 
-    /// Loads the active rollout and drives it until `stop`. Run once.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> Result<(), StoreError> {
+    /// Loads the active rollout and drives it until `stop`, beating
+    /// `heartbeat` on every turn. Run once.
+    pub async fn run(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        heartbeat: Arc<Heartbeat>,
+    ) -> Result<(), StoreError> {
         let mut inbox = self
             .inbox
             .lock()
@@ -244,6 +250,7 @@ impl RolloutEngine {
         let mut agent_changes = self.link.changes();
         let mut last_round: Option<Instant> = None;
         loop {
+            heartbeat.beat();
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,

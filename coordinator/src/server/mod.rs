@@ -1,6 +1,8 @@
 //! The coordinator daemon: opens the store, serves gRPC over mutual TLS, keeps
 //! the registry saved, and shuts down cleanly.
 
+mod limits;
+mod readiness;
 mod tls;
 
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use k3sfleet_proto::v1::rollout_service_server::RolloutServiceServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Status;
+use tonic::server::NamedService;
 use tonic::transport::Server;
 
 use crate::access::{Access, CertPolicy, Revocations};
@@ -25,16 +28,21 @@ use crate::api::{AdminApi, AgentApi, DrainApi};
 use crate::auth::AuthLayer;
 use crate::config::CoordinatorConfig;
 use crate::fleet::{Fleet, FleetError};
+use crate::rate_limit::AnonymousLimiter;
 use crate::rollout::fleet_link::FleetLink;
 use crate::rollout::{EngineSettings, HttpAlerts, Parts, RolloutEngine};
 use crate::store::{Store, StoreError};
 
+pub use readiness::Readiness;
 pub use tls::ReloadingCertificate;
 
 /// How often the server certificate files are checked for replacement.
 const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Streams still open this long after shutdown began are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The rollout engine turns every second (EngineSettings::tick) but may wait
+/// this long on a slow API server while it looks at the cluster.
+const ROLLOUT_ENGINE_MAX_SILENCE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -73,6 +81,7 @@ pub struct Running {
     pub fleet: Arc<Fleet>,
     pub store: Store,
     pub revocations: Arc<Revocations>,
+    pub readiness: Arc<Readiness>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -122,10 +131,12 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         source,
     })?;
 
+    // Not serving until the first readiness probe says otherwise.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AgentServiceServer<AgentApi>>().await;
-    health.set_serving::<AdminServiceServer<AdminApi>>().await;
-    health.set_serving::<DrainServiceServer<DrainApi>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let readiness = Readiness::new();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(k3sfleet_proto::FILE_DESCRIPTOR_SET)
@@ -165,7 +176,10 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
     // its agent is there (fleet::silence_limit), and the kernel's keepalive
     // closes connections whose peer vanished (tls::incoming).
     let router = Server::builder()
-        .layer(AuthLayer::new(revocations.clone()))
+        .layer(AuthLayer::new(
+            revocations.clone(),
+            AnonymousLimiter::new(&config.limits),
+        ))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -185,7 +199,12 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
 
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let (stop_serving, serving_stopped) = oneshot::channel::<()>();
-    let incoming = tls::incoming(listener, acceptor);
+    let incoming = tls::incoming(
+        listener,
+        acceptor,
+        &config.limits,
+        readiness.register("accept loop", 6 * tls::ACCEPT_LOOP_BEAT),
+    );
     let server = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(incoming, async {
@@ -205,24 +224,35 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
                 &config.data_dir,
                 fleet.clone(),
                 rollouts.clone(),
+                readiness.clone(),
                 stop_rollouts.clone(),
             )
             .await?,
         ),
         None => None,
     };
+    let flush_every = config.report_flush_interval;
     let background = vec![
         tokio::spawn({
             let stop = stop_rollouts.clone();
+            let heartbeat = readiness.register("rollout engine", ROLLOUT_ENGINE_MAX_SILENCE);
             async move {
-                if let Err(err) = rollouts.run(stop).await {
+                if let Err(err) = rollouts.run(stop, heartbeat).await {
                     tracing::error!(error = %err, "the rollout engine could not load its state");
                 }
             }
         }),
         certificate.watch(CERT_RELOAD_INTERVAL),
-        spawn_report_flusher(fleet.clone(), config.report_flush_interval),
+        spawn_report_flusher(
+            fleet.clone(),
+            flush_every,
+            readiness.register(
+                "report flusher",
+                (10 * flush_every).max(Duration::from_secs(60)),
+            ),
+        ),
         spawn_expiry_sweeper(fleet.clone()),
+        readiness.supervise(store.clone(), health, SERVICES.to_vec()),
     ]
     .into_iter()
     .chain(metrics)
@@ -254,10 +284,22 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         fleet,
         store,
         revocations,
+        readiness,
         shutdown,
         task,
     })
 }
+
+/// The services gRPC health reports on (besides the server as a whole, "").
+const SERVICES: &[&str] = &[
+    <AgentServiceServer<AgentApi> as NamedService>::NAME,
+    <AdminServiceServer<AdminApi> as NamedService>::NAME,
+    <EnrollmentServiceServer<AccessApi> as NamedService>::NAME,
+    <CertificateServiceServer<AccessApi> as NamedService>::NAME,
+    <AccessServiceServer<AccessApi> as NamedService>::NAME,
+    <DrainServiceServer<DrainApi> as NamedService>::NAME,
+    <RolloutServiceServer<RolloutApi> as NamedService>::NAME,
+];
 
 /// Serves `/metrics`, and writes the bound address beside the database (so a
 /// configured port 0 can be found).
@@ -266,6 +308,7 @@ async fn serve_metrics(
     data_dir: &std::path::Path,
     fleet: Arc<Fleet>,
     rollouts: Arc<RolloutEngine>,
+    readiness: Arc<Readiness>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<JoinHandle<()>, StartError> {
     use k3sfleet_daemon::metrics_http;
@@ -286,9 +329,18 @@ async fn serve_metrics(
             async move { crate::metrics::render(&fleet, &rollouts, crate::clock::unix_ms()).await },
         )
     });
+    let ready: metrics_http::Ready = Arc::new(move || {
+        let problems = readiness.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    });
     Ok(tokio::spawn(metrics_http::serve(
         listener,
         render,
+        Some(ready),
         "k3sfleet-coordinator: metrics at /metrics\n",
         stop,
     )))
@@ -321,11 +373,16 @@ fn spawn_expiry_sweeper(fleet: Arc<Fleet>) -> JoinHandle<()> {
     })
 }
 
-fn spawn_report_flusher(fleet: Arc<Fleet>, every: Duration) -> JoinHandle<()> {
+fn spawn_report_flusher(
+    fleet: Arc<Fleet>,
+    every: Duration,
+    heartbeat: Arc<crate::heartbeat::Heartbeat>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            heartbeat.beat();
             ticker.tick().await;
             if let Err(err) = fleet.flush_reports().await {
                 tracing::error!(error = %err, "saving health reports failed; will retry");

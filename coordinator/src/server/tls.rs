@@ -2,7 +2,8 @@
 //!
 //! Handshakes run concurrently, each in its own task with a deadline, so a
 //! slow or hostile client cannot hold up the others (10,000 agents reconnect
-//! at once after a coordinator restart). The server certificate is read from
+//! at once after a coordinator restart), within the limits of
+//! [`super::limits`]. The server certificate is read from
 //! disk again whenever its files change, without a restart.
 
 use std::path::PathBuf;
@@ -18,8 +19,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// A TLS handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+use super::limits::{ConnectionSlots, Counted, HandshakeSlots};
+use crate::config::LimitsConfig;
+use crate::heartbeat::Heartbeat;
+
 /// Completed handshakes waiting for the gRPC server to pick them up.
 const ACCEPT_QUEUE: usize = 1024;
 
@@ -65,15 +68,35 @@ fn close_when_the_peer_vanishes(tcp: &TcpStream) -> std::io::Result<()> {
     socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))
 }
 
-/// Accepts TCP connections and yields completed TLS streams.
+/// The accept loop beats at least this often, connections or not.
+pub const ACCEPT_LOOP_BEAT: Duration = Duration::from_secs(5);
+/// Refused connections are logged at most this often (a flood must not
+/// flood the journal too).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A TLS stream holding its connection slot.
+pub type Connection = Counted<TlsStream<TcpStream>>;
+
+/// Accepts TCP connections and yields completed TLS streams, within `limits`.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    limits: &LimitsConfig,
+    heartbeat: Arc<Heartbeat>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Connection>> {
     let (sender, receiver) = mpsc::channel(ACCEPT_QUEUE);
+    let connections = ConnectionSlots::new(limits);
+    let handshakes = HandshakeSlots::new(limits);
+    let deadline = limits.handshake_timeout;
     tokio::spawn(async move {
+        let mut refusals = Refusals::default();
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            heartbeat.beat();
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = tokio::time::sleep(ACCEPT_LOOP_BEAT) => continue,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off briefly.
@@ -82,19 +105,28 @@ pub fn incoming(
                     continue;
                 }
             };
+            if sender.is_closed() {
+                break;
+            }
+            let Some(slot) = connections.try_acquire() else {
+                refusals.count(peer);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             if let Err(err) = close_when_the_peer_vanishes(&tcp) {
                 tracing::warn!(%peer, error = %err, "setting TCP keepalive failed");
             }
-            if sender.is_closed() {
-                break;
-            }
             let acceptor = acceptor.clone();
             let sender = sender.clone();
+            let handshakes = handshakes.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = async {
+                    let _handshake_slot = handshakes.acquire(peer.ip()).await;
+                    acceptor.accept(tcp).await
+                };
+                match tokio::time::timeout(deadline, handshake).await {
                     Ok(Ok(stream)) => {
-                        let _ = sender.send(Ok(stream)).await;
+                        let _ = sender.send(Ok(Counted::new(stream, slot))).await;
                     }
                     Ok(Err(err)) => tracing::info!(%peer, error = %err, "TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
@@ -103,6 +135,31 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+/// Connections closed for want of a slot, logged in summaries.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    fn count(&mut self, peer: std::net::SocketAddr) {
+        self.since_log += 1;
+        if self
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                %peer,
+                refused = self.since_log,
+                "closed new connections at once: limits.max_connections are open"
+            );
+            self.since_log = 0;
+            self.logged_at = Some(std::time::Instant::now());
+        }
+    }
 }
 
 /// Serves the certificate currently on disk.

@@ -135,6 +135,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rollout_nodes ADD COLUMN unseen_since_ms INTEGER;",
     // 5: Longhorn's rebuilds holding the rollout.
     "ALTER TABLE rollouts ADD COLUMN longhorn_hold_since_ms INTEGER;",
+    // 6: one row rewritten every few seconds: proof the database takes writes.
+    "CREATE TABLE liveness (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        at_ms   INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +246,21 @@ impl Store {
             work(&mut conn)
         })
         .await?
+    }
+
+    /// Writes and commits a timestamp: proof that the database takes writes
+    /// (readiness probes it).
+    pub async fn record_liveness(&self) -> Result<(), StoreError> {
+        let now = crate::clock::unix_ms();
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO liveness (id, at_ms) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+                [now],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `work` against the connection on the current thread. For start-up

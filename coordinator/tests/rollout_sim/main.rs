@@ -102,7 +102,7 @@ fn start_engine(world: &Shared, clock: &Arc<SimClock>, store: &MemoryStore) -> I
         let stop = stop.clone();
         async move {
             engine
-                .run(stop)
+                .run(stop, k3sfleet_coordinator::heartbeat::Heartbeat::new())
                 .await
                 .expect("the engine loads its rollout");
         }
