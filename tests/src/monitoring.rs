@@ -573,12 +573,6 @@ impl Stack {
             // Answer with what was just written (the default hides the last
             // 30 s, for clients whose clocks differ), uncached.
             .arg("-search.latencyOffset=0s")
-            // vmalert 1.79 writes no staleness marker when an alert resolves,
-            // so VictoriaMetrics answers the last firing ALERTS sample for as
-            // long as it guesses a series may be silent, from the median gap
-            // between samples: irregular on a loaded machine, it held resolved
-            // alerts past 2 minutes. This stack evaluates every 500 ms.
-            .arg("-search.maxStalenessInterval=5s")
             .arg("-search.disableCache");
         let mut daemon = Daemon::spawn(
             "victoria-metrics",
