@@ -214,6 +214,18 @@ pub struct Notification {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Notification {
+    /// Whether it is `source`'s about alert `name` with `labels` among its
+    /// labels.
+    fn is(&self, source: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.source == source
+            && self.labels.get("alertname").map(String::as_str) == Some(name)
+            && labels
+                .iter()
+                .all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
+}
+
 /// An HTTP server taking Alertmanager's webhook posts on 127.0.0.1.
 #[derive(Clone)]
 pub struct Webhook {
@@ -244,6 +256,18 @@ impl Webhook {
         format!("http://{}/{source}", self.addr)
     }
 
+    /// The status ("firing" or "resolved") `source`'s Alertmanager last
+    /// notified for alert `name` with `labels` among its labels.
+    pub fn latest(&self, source: &str, name: &str, labels: &[(&str, &str)]) -> Option<String> {
+        self.notifications
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|n| n.is(source, name, labels))
+            .map(|n| n.status.clone())
+    }
+
     /// Waits for `source`'s Alertmanager to notify `status` ("firing" or
     /// "resolved") of alert `name` with `labels` among its labels, received
     /// after `since`; returns when it came.
@@ -263,15 +287,7 @@ impl Webhook {
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|n| {
-                    n.source == source
-                        && n.status == status
-                        && n.received >= since
-                        && n.labels.get("alertname").map(String::as_str) == Some(name)
-                        && labels
-                            .iter()
-                            .all(|(k, v)| n.labels.get(*k).map(String::as_str) == Some(*v))
-                })
+                .find(|n| n.status == status && n.received >= since && n.is(source, name, labels))
                 .map(|n| n.received);
             if let Some(received) = found {
                 return Ok(received);
@@ -363,6 +379,25 @@ pub fn http_get(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<(u16, 
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("no status in {head}"))?;
     Ok((code, body.to_string()))
+}
+
+/// The names of the alerts the alerting engine at `addr` (Prometheus, or
+/// VictoriaMetrics proxying to vmalert) lists as firing.
+pub fn firing_alerts(addr: SocketAddr) -> anyhow::Result<Vec<String>> {
+    let (code, body) = http_get(addr, "/api/v1/alerts")?;
+    if code != 200 {
+        bail!("{addr}/api/v1/alerts answered {code}: {body}");
+    }
+    let body: Value = serde_json::from_str(&body)?;
+    let alerts = body["data"]["alerts"]
+        .as_array()
+        .with_context(|| format!("no alerts list from {addr}: {body}"))?;
+    Ok(alerts
+        .iter()
+        .filter(|alert| alert["state"] == "firing")
+        .filter_map(|alert| alert["labels"]["alertname"].as_str())
+        .map(str::to_string)
+        .collect())
 }
 
 /// `%`-encodes a query string value.
@@ -560,8 +595,11 @@ impl Stack {
         wait_ready(&mut daemon, prometheus, "/-/ready")?;
         daemons.push(daemon);
 
-        // VictoriaMetrics, written to by vmagent with the packaged scrape.yml.
+        // VictoriaMetrics, written to by vmagent with the packaged scrape.yml;
+        // it answers the alerting API from vmalert, as Grafana and the alerts
+        // gate ask it.
         let victoria_metrics = local();
+        let vmalert_addr = alertmanagers.get(FROM_VMALERT).map(|_| local());
         let mut command = Command::new("victoria-metrics");
         command
             .arg(format!(
@@ -574,6 +612,9 @@ impl Stack {
             // 30 s, for clients whose clocks differ), uncached.
             .arg("-search.latencyOffset=0s")
             .arg("-search.disableCache");
+        if let Some(vmalert) = vmalert_addr {
+            command.arg(format!("-vmalert.proxyURL=http://{vmalert}"));
+        }
         let mut daemon = Daemon::spawn(
             "victoria-metrics",
             command,
@@ -608,10 +649,8 @@ impl Stack {
         wait_ready(&mut daemon, vmagent, "/health")?;
         daemons.push(daemon);
 
-        let vmalert = match alertmanagers.get(FROM_VMALERT) {
-            None => None,
-            Some(alertmanager) => {
-                let addr = local();
+        let vmalert = match (alertmanagers.get(FROM_VMALERT), vmalert_addr) {
+            (Some(alertmanager), Some(addr)) => {
                 let interval = format_duration(Duration::from_secs(30) / scale);
                 let mut command = Command::new("vmalert");
                 command
@@ -629,6 +668,7 @@ impl Stack {
                 daemons.push(daemon);
                 Some(addr)
             }
+            _ => None,
         };
 
         Ok(Stack {

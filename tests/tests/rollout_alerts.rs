@@ -1,5 +1,5 @@
-//! The alerts gate end to end, against a Prometheus-shaped HTTP API the test
-//! serves: the alerts every kube-prometheus or VictoriaMetrics stack fires on
+//! The alerts gate end to end, against an alerting engine's HTTP API (as
+//! Prometheus and vmalert serve it) that the test serves: the alerts every kube-prometheus or VictoriaMetrics stack fires on
 //! purpose never stop a rollout; a real alert holds new nodes back (without
 //! failing the nodes under way) and, when it lasts, pauses the rollout naming
 //! it; once resolved, the rollout resumes and completes.
@@ -16,35 +16,44 @@ use k3sfleet_tests::rollout::{
 
 const TO: &str = "v1.31.5+k3s1";
 
-/// Answers every `/api/v1/query` with the alerts named in `firing`.
-fn fake_prometheus(firing: Arc<Mutex<Vec<String>>>) -> String {
+/// An alerting engine's API (`/api/v1/alerts`, `/api/v1/rules`) whose
+/// firing alerts are those named in `firing`; anything else is a 404.
+fn fake_alerting_engine(firing: Arc<Mutex<Vec<String>>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
             let mut line = String::new();
-            // Request line and headers; the query does not matter here.
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                 line.clear();
             }
-            let series: Vec<serde_json::Value> = firing
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|name| {
-                    serde_json::json!({
-                        "metric": {"__name__": "ALERTS", "alertname": name, "alertstate": "firing"},
-                        "value": [0, "1"],
-                    })
-                })
-                .collect();
-            let body = serde_json::json!({
-                "status": "success",
-                "data": {"resultType": "vector", "result": series},
-            })
-            .to_string();
+            let path = request.split_whitespace().nth(1).unwrap_or_default();
+            let names = firing.lock().unwrap().clone();
+            let data = match path.split('?').next().unwrap_or_default() {
+                "/api/v1/alerts" => serde_json::json!({"alerts": names
+                    .iter()
+                    .map(|name| serde_json::json!({
+                        "labels": {"alertname": name, "severity": "critical"},
+                        "state": "firing",
+                    }))
+                    .collect::<Vec<_>>()}),
+                "/api/v1/rules" => serde_json::json!({"groups": [{"name": "fleet", "rules": names
+                    .iter()
+                    .map(|name| serde_json::json!({"name": name, "type": "alerting"}))
+                    .collect::<Vec<_>>()}]}),
+                _ => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    continue;
+                }
+            };
+            let body = serde_json::json!({"status": "success", "data": data}).to_string();
             let _ = write!(
                 stream,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -69,7 +78,7 @@ async fn alerts_on_purpose_pass_a_real_alert_holds_then_pauses_and_nodes_are_nev
         "InfoInhibitor".to_string(),
         "K3sfleetNodeStuckCordoned".to_string(),
     ]));
-    let url = fake_prometheus(firing.clone());
+    let url = fake_alerting_engine(firing.clone());
     let dir = lab_dir();
     let lab = small_lab(&dir, LabSpec::small().unwrap()).await;
     start(

@@ -93,8 +93,9 @@ pub struct OptionsArgs {
     /// Hosts read artifacts from this directory on themselves
     #[arg(long)]
     local_dir: Option<String>,
-    /// Prometheus/VictoriaMetrics URL: while an alert fires, no new node starts;
-    /// held past --alerts-hold-timeout, the rollout pauses naming the alerts
+    /// The alerting engine's URL (Prometheus, vmalert, or VictoriaMetrics with
+    /// -vmalert.proxyURL): while an alert fires, no new node starts; held past
+    /// --alerts-hold-timeout, the rollout pauses naming the alerts
     #[arg(long)]
     alerts_url: Option<String>,
     /// Alert names to ignore, as regular expressions (repeatable) [default:
@@ -104,7 +105,8 @@ pub struct OptionsArgs {
     /// Only alerts whose names match count (repeatable) [default: every alert]
     #[arg(long = "alerts-match", value_name = "REGEX")]
     alerts_match: Vec<String>,
-    /// The PromQL whose series are the firing alerts [default: ALERTS{alertstate="firing"}]
+    /// PromQL whose series are the firing alerts, asked of /api/v1/query
+    /// instead of the engine's /api/v1/alerts [default: the engine's list]
     #[arg(long)]
     alerts_query: Option<String>,
     /// How long alerts may hold the rollout before it pauses

@@ -3,6 +3,14 @@
 //! pauses naming the alerts. An alert never fails a node whose own health is
 //! fine (the node's health is its agent's and its kubelet's to tell).
 //!
+//! The gate asks the alerting engine for its alerts (`/api/v1/alerts`, which
+//! Prometheus and vmalert answer alike, and VictoriaMetrics proxies to vmalert
+//! with `-vmalert.proxyURL`), as kured does: the engine knows the moment an
+//! alert resolves. The `ALERTS` series only tells it as soon in Prometheus;
+//! vmalert writes no staleness marker when an alert resolves, so
+//! VictoriaMetrics goes on answering the last firing sample for minutes. An
+//! operator's own PromQL (`--alerts-query`) is still asked of `/api/v1/query`.
+//!
 //! Which alerts count, as kured's users configure it: every stack fires some
 //! on purpose (kube-prometheus's `Watchdog` is a dead-man's switch that
 //! always fires, `InfoInhibitor` routinely), and a rollout sets off
@@ -13,9 +21,7 @@ use std::time::Duration;
 
 use k3sfleet_proto::v1::UpgradeOptions;
 use regex::Regex;
-
-/// The PromQL both Prometheus and VictoriaMetrics answer for firing alerts.
-pub const DEFAULT_QUERY: &str = "ALERTS{alertstate=\"firing\"}";
+use serde_json::Value;
 
 /// Alerts that never hold a rollout unless the operator says otherwise.
 pub const DEFAULT_IGNORE: [&str; 4] = [
@@ -30,11 +36,22 @@ pub const DEFAULT_IGNORE: [&str; 4] = [
 /// How long alerts may hold the rollout before it pauses, when not given.
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+/// Where the gate learns which alerts fire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The alerting engine's list at `/api/v1/alerts`; alerts in state
+    /// `firing` count.
+    Engine,
+    /// An operator's PromQL at `/api/v1/query`: every series it returns is a
+    /// firing alert, named by its `alertname` label.
+    Query(String),
+}
+
 /// The gate's settings, checked.
 #[derive(Debug, Clone)]
 pub struct AlertGate {
     pub url: String,
-    pub query: String,
+    pub source: Source,
     ignore: Vec<Regex>,
     only: Vec<Regex>,
     pub hold_timeout: Duration,
@@ -69,9 +86,9 @@ impl AlertGate {
         };
         Ok(Some(AlertGate {
             url: options.alerts_url.clone(),
-            query: match options.alerts_query.trim() {
-                "" => DEFAULT_QUERY.to_string(),
-                query => query.to_string(),
+            source: match options.alerts_query.trim() {
+                "" => Source::Engine,
+                promql => Source::Query(promql.to_string()),
             },
             ignore: compile("alerts-ignore", &ignore)?,
             only: compile("alerts-match", &options.alerts_match)?,
@@ -90,8 +107,11 @@ impl AlertGate {
 
     /// The alerts firing now that count, by name, sorted and without repeats.
     pub async fn firing(&self) -> Result<Vec<String>, String> {
-        let mut names: Vec<String> = query(&self.url, &self.query)
-            .await?
+        let firing = match &self.source {
+            Source::Engine => engine_alerts(&self.url).await?,
+            Source::Query(promql) => query(&self.url, promql).await?,
+        };
+        let mut names: Vec<String> = firing
             .into_iter()
             .filter(|name| self.counts(name))
             .collect();
@@ -101,13 +121,40 @@ impl AlertGate {
     }
 }
 
+/// The names of the engine's firing alerts. An engine without a single
+/// alerting rule is an error, not a quiet fleet: VictoriaMetrics without
+/// `-vmalert.proxyURL` answers every alerts call with an empty list.
+async fn engine_alerts(base: &str) -> Result<Vec<String>, String> {
+    let alerts = get(base, "/api/v1/alerts", &[]).await?;
+    let (listed, firing) = parse_alerts(&alerts)
+        .ok_or_else(|| format!("{base}/api/v1/alerts did not answer a Prometheus alerts list"))?;
+    if listed == 0 {
+        let rules = get(base, "/api/v1/rules", &[]).await?;
+        let count = alerting_rules(&rules)
+            .ok_or_else(|| format!("{base}/api/v1/rules did not answer a Prometheus rules list"))?;
+        if count == 0 {
+            return Err(format!(
+                "{base} has no alerting rules loaded; the alerts URL must be Prometheus, \
+                 vmalert, or VictoriaMetrics started with -vmalert.proxyURL"
+            ));
+        }
+    }
+    Ok(firing)
+}
+
 /// The `alertname` of every series `promql` returns, from `<base>/api/v1/query`.
 async fn query(base: &str, promql: &str) -> Result<Vec<String>, String> {
-    let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
-    let response = crate::http::client()
-        .map_err(|err| err.to_string())?
+    let body = get(base, "/api/v1/query", &[("query", promql)]).await?;
+    parse_query(&body)
+        .ok_or_else(|| format!("{base}/api/v1/query did not answer a Prometheus query result"))
+}
+
+/// `<base><path>`'s JSON answer; an error names the URL and what went wrong.
+async fn get(base: &str, path: &str, params: &[(&str, &str)]) -> Result<Value, String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let response = crate::http::client()?
         .get(&url)
-        .query(&[("query", promql)])
+        .query(params)
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -115,15 +162,42 @@ async fn query(base: &str, promql: &str) -> Result<Vec<String>, String> {
     if !response.status().is_success() {
         return Err(format!("{url} answered {}", response.status()));
     }
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|err| format!("{url}: {err}"))?;
-    parse(&body).ok_or_else(|| format!("{url} did not answer a Prometheus query result"))
+    response.json().await.map_err(|err| format!("{url}: {err}"))
+}
+
+/// How many alerts an `/api/v1/alerts` answer lists (pending ones too), and
+/// the names of the firing ones.
+pub fn parse_alerts(body: &Value) -> Option<(usize, Vec<String>)> {
+    if body["status"] != "success" {
+        return None;
+    }
+    let alerts = body["data"]["alerts"].as_array()?;
+    let firing = alerts
+        .iter()
+        .filter(|alert| alert["state"] == "firing")
+        .map(|alert| alert_name(&alert["labels"]))
+        .collect();
+    Some((alerts.len(), firing))
+}
+
+/// How many alerting rules an `/api/v1/rules` answer holds.
+pub fn alerting_rules(body: &Value) -> Option<usize> {
+    if body["status"] != "success" {
+        return None;
+    }
+    let groups = body["data"]["groups"].as_array()?;
+    Some(
+        groups
+            .iter()
+            .filter_map(|group| group["rules"].as_array())
+            .flatten()
+            .filter(|rule| rule["type"] == "alerting")
+            .count(),
+    )
 }
 
 /// The alert names in a `/api/v1/query` answer.
-pub fn parse(body: &serde_json::Value) -> Option<Vec<String>> {
+pub fn parse_query(body: &Value) -> Option<Vec<String>> {
     if body["status"] != "success" {
         return None;
     }
@@ -131,14 +205,16 @@ pub fn parse(body: &serde_json::Value) -> Option<Vec<String>> {
     Some(
         result
             .iter()
-            .map(|series| {
-                series["metric"]["alertname"]
-                    .as_str()
-                    .unwrap_or("unnamed")
-                    .to_string()
-            })
+            .map(|series| alert_name(&series["metric"]))
             .collect(),
     )
+}
+
+fn alert_name(labels: &Value) -> String {
+    labels["alertname"]
+        .as_str()
+        .unwrap_or("unnamed")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -153,10 +229,168 @@ mod tests {
                 {"metric": {"alertname": "KubeNodeNotReady", "alertstate": "firing"}, "value": [1, "1"]}
             ]}
         });
-        assert_eq!(parse(&body), Some(vec!["KubeNodeNotReady".to_string()]));
+        assert_eq!(
+            parse_query(&body),
+            Some(vec!["KubeNodeNotReady".to_string()])
+        );
         let quiet = serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": []}});
-        assert_eq!(parse(&quiet), Some(vec![]));
-        assert_eq!(parse(&serde_json::json!({"status": "error"})), None);
+        assert_eq!(parse_query(&quiet), Some(vec![]));
+        assert_eq!(parse_query(&serde_json::json!({"status": "error"})), None);
+    }
+
+    #[test]
+    fn reads_firing_alerts_from_an_engines_list_and_counts_pending_as_listed() {
+        // Prometheus' and vmalert's answers share these fields.
+        let body = serde_json::json!({"status": "success", "data": {"alerts": [
+            {"labels": {"alertname": "K3sfleetAgentDown", "node": "worker-01"}, "state": "firing"},
+            {"labels": {"alertname": "KubeNodeNotReady"}, "state": "pending"},
+            {"labels": {}, "state": "firing"}
+        ]}});
+        assert_eq!(
+            parse_alerts(&body),
+            Some((
+                3,
+                vec!["K3sfleetAgentDown".to_string(), "unnamed".to_string()]
+            ))
+        );
+        let quiet = serde_json::json!({"status": "success", "data": {"alerts": []}});
+        assert_eq!(parse_alerts(&quiet), Some((0, vec![])));
+        assert_eq!(parse_alerts(&serde_json::json!({"status": "error"})), None);
+        assert_eq!(
+            parse_alerts(&serde_json::json!({"status": "success", "data": {}})),
+            None
+        );
+    }
+
+    #[test]
+    fn counts_alerting_rules_and_sees_an_engine_without_any() {
+        let rules = serde_json::json!({"status": "success", "data": {"groups": [
+            {"name": "k3sfleet-agent", "rules": [
+                {"name": "K3sfleetAgentDown", "type": "alerting"},
+                {"name": "k3sfleet:up", "type": "recording"}
+            ]},
+            {"name": "k3sfleet-coordinator", "rules": [{"name": "K3sfleetRolloutPaused", "type": "alerting"}]}
+        ]}});
+        assert_eq!(alerting_rules(&rules), Some(2));
+        // What VictoriaMetrics answers without -vmalert.proxyURL.
+        let stub = serde_json::json!({"status": "success", "data": {"groups": []}});
+        assert_eq!(alerting_rules(&stub), Some(0));
+        assert_eq!(
+            alerting_rules(&serde_json::json!({"status": "success"})),
+            None
+        );
+    }
+
+    #[test]
+    fn an_operators_query_replaces_the_engines_list() {
+        let gate = AlertGate::from_options(&UpgradeOptions {
+            alerts_url: "http://127.0.0.1:8428".into(),
+            alerts_query: " ALERTS{alertstate=\"firing\",severity=\"critical\"} ".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            gate.source,
+            Source::Query("ALERTS{alertstate=\"firing\",severity=\"critical\"}".into())
+        );
+    }
+
+    /// Serves `answers` (path without query, JSON body) over HTTP/1.1 on
+    /// 127.0.0.1; any other path is a 404.
+    async fn serve(answers: Vec<(&'static str, Value)>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = vec![0; 4096];
+                let n = stream.read(&mut request).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..n]).to_string();
+                let path = request.split_whitespace().nth(1).unwrap_or_default();
+                let path = path.split('?').next().unwrap_or_default();
+                let response = match answers.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => {
+                        let body = body.to_string();
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                    None => {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .into()
+                    }
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    fn gate_on(url: &str) -> AlertGate {
+        AlertGate::from_options(&UpgradeOptions {
+            alerts_url: url.into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_engine_with_no_rules_is_an_error_not_a_quiet_fleet() {
+        // VictoriaMetrics without -vmalert.proxyURL answers just this.
+        let url = serve(vec![
+            (
+                "/api/v1/alerts",
+                serde_json::json!({"status": "success", "data": {"alerts": []}}),
+            ),
+            (
+                "/api/v1/rules",
+                serde_json::json!({"status": "success", "data": {"groups": []}}),
+            ),
+        ])
+        .await;
+        let err = gate_on(&url).firing().await.unwrap_err();
+        assert!(err.contains("has no alerting rules loaded"), "{err}");
+        assert!(err.contains("-vmalert.proxyURL"), "{err}");
+
+        let url = serve(vec![
+            (
+                "/api/v1/alerts",
+                serde_json::json!({"status": "success", "data": {"alerts": []}}),
+            ),
+            (
+                "/api/v1/rules",
+                serde_json::json!({"status": "success", "data": {"groups": [
+                    {"name": "g", "rules": [{"name": "K3sfleetAgentDown", "type": "alerting"}]}
+                ]}}),
+            ),
+        ])
+        .await;
+        assert_eq!(gate_on(&url).firing().await, Ok(vec![]));
+    }
+
+    #[tokio::test]
+    async fn the_gate_counts_the_engines_firing_alerts_and_names_what_it_cannot_read() {
+        let url = serve(vec![(
+            "/api/v1/alerts",
+            serde_json::json!({"status": "success", "data": {"alerts": [
+                {"labels": {"alertname": "Watchdog"}, "state": "firing"},
+                {"labels": {"alertname": "KubeNodeNotReady"}, "state": "firing"},
+                {"labels": {"alertname": "KubeNodeNotReady", "node": "w2"}, "state": "firing"},
+                {"labels": {"alertname": "K3sfleetAgentDown"}, "state": "pending"}
+            ]}}),
+        )])
+        .await;
+        assert_eq!(
+            gate_on(&url).firing().await,
+            Ok(vec!["KubeNodeNotReady".to_string()])
+        );
+        // A store without the alerting API (vmagent, a bare exporter).
+        let url = serve(vec![]).await;
+        let err = gate_on(&url).firing().await.unwrap_err();
+        assert!(err.contains("/api/v1/alerts answered 404"), "{err}");
     }
 
     fn gate(ignore: &[&str], only: &[&str]) -> AlertGate {
@@ -184,7 +418,7 @@ mod tests {
         for loud in ["KubeNodeNotReady", "K3sfleetAgentDown", "WatchdogMissing"] {
             assert!(gate.counts(loud), "{loud}");
         }
-        assert_eq!(gate.query, DEFAULT_QUERY);
+        assert_eq!(gate.source, Source::Engine);
         assert_eq!(gate.hold_timeout, DEFAULT_HOLD_TIMEOUT);
     }
 

@@ -81,10 +81,18 @@ impl Lab {
 
     /// Whether the cluster sees `node` Ready (its kubelet's heartbeats).
     pub fn node_ready(&self, node: &str) -> bool {
-        self.nodes()
+        self.try_node_ready(node)
+            .expect("the real API server answers")
+    }
+
+    /// Whether the cluster sees `node` Ready, or why the API server did not
+    /// answer.
+    pub fn try_node_ready(&self, node: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .try_nodes()?
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(node))
-            .is_some_and(super::real::node_ready)
+            .is_some_and(super::real::node_ready))
     }
 
     /// The verdict on everything the cluster went through so far.
