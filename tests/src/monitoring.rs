@@ -389,6 +389,10 @@ pub fn firing_alerts(addr: SocketAddr) -> anyhow::Result<Vec<String>> {
         bail!("{addr}/api/v1/alerts answered {code}: {body}");
     }
     let body: Value = serde_json::from_str(&body)?;
+    // vmalert (Go) answers `"alerts": null` when none is active.
+    if body["status"] == "success" && body["data"]["alerts"].is_null() {
+        return Ok(Vec::new());
+    }
     let alerts = body["data"]["alerts"]
         .as_array()
         .with_context(|| format!("no alerts list from {addr}: {body}"))?;

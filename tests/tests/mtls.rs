@@ -209,15 +209,24 @@ async fn health_checks_work_without_a_certificate_and_reflection_lists_the_servi
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let setup = setup();
     let anonymous = setup.channel(None).await.unwrap();
-    let status = HealthClient::new(anonymous)
-        .check(HealthCheckRequest {
-            service: "k3sfleet.v1.AgentService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, ServingStatus::Serving as i32);
+    // NOT_SERVING until the first readiness probe (every 5 s) has passed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = HealthClient::new(anonymous.clone())
+            .check(HealthCheckRequest {
+                service: "k3sfleet.v1.AgentService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == ServingStatus::Serving as i32 {
+            break;
+        }
+        assert_eq!(status, ServingStatus::NotServing as i32);
+        assert!(std::time::Instant::now() < deadline, "never serving");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;

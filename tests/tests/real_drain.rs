@@ -311,11 +311,20 @@ async fn the_drain_engine_keeps_every_budget_on_the_real_control_plane() {
     for refusal in &refusals {
         assert_eq!(refusal.pdb, "budget/web", "{refusal:?}");
         assert!(refusal.pod.as_ref().unwrap().name.starts_with("web-"));
-        assert_eq!(
-            (refusal.desired_healthy, refusal.current_healthy),
-            (3, 3),
-            "{refusal:?}"
-        );
+        // Three healthy, or four once the replacement is Ready while the
+        // budget still counts the evicted pod as disrupted (the disruption
+        // controller has not yet seen it go): the engine must say which.
+        assert_eq!(refusal.desired_healthy, 3, "{refusal:?}");
+        match refusal.current_healthy {
+            3 => {}
+            4 => assert!(
+                refusal
+                    .message
+                    .contains("as disrupted by an earlier eviction"),
+                "{refusal:?}"
+            ),
+            _ => panic!("{refusal:?}"),
+        }
         assert!(refusal.message.contains("disruption budget"), "{refusal:?}");
     }
     assert!(

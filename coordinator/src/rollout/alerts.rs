@@ -127,11 +127,11 @@ impl AlertGate {
 async fn engine_alerts(base: &str) -> Result<Vec<String>, String> {
     let alerts = get(base, "/api/v1/alerts", &[]).await?;
     let (listed, firing) = parse_alerts(&alerts)
-        .ok_or_else(|| format!("{base}/api/v1/alerts did not answer a Prometheus alerts list"))?;
+        .ok_or_else(|| unexpected(base, "/api/v1/alerts", "an alerts list", &alerts))?;
     if listed == 0 {
         let rules = get(base, "/api/v1/rules", &[]).await?;
         let count = alerting_rules(&rules)
-            .ok_or_else(|| format!("{base}/api/v1/rules did not answer a Prometheus rules list"))?;
+            .ok_or_else(|| unexpected(base, "/api/v1/rules", "a rules list", &rules))?;
         if count == 0 {
             return Err(format!(
                 "{base} has no alerting rules loaded; the alerts URL must be Prometheus, \
@@ -145,8 +145,17 @@ async fn engine_alerts(base: &str) -> Result<Vec<String>, String> {
 /// The `alertname` of every series `promql` returns, from `<base>/api/v1/query`.
 async fn query(base: &str, promql: &str) -> Result<Vec<String>, String> {
     let body = get(base, "/api/v1/query", &[("query", promql)]).await?;
-    parse_query(&body)
-        .ok_or_else(|| format!("{base}/api/v1/query did not answer a Prometheus query result"))
+    parse_query(&body).ok_or_else(|| unexpected(base, "/api/v1/query", "a query result", &body))
+}
+
+/// The error for an answer of the wrong shape, with its start.
+fn unexpected(base: &str, path: &str, what: &str, body: &Value) -> String {
+    let text = body.to_string();
+    let start = match text.char_indices().nth(200) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text,
+    };
+    format!("{base}{path} did not answer a Prometheus {what}: {start}")
 }
 
 /// `<base><path>`'s JSON answer; an error names the URL and what went wrong.
@@ -171,7 +180,7 @@ pub fn parse_alerts(body: &Value) -> Option<(usize, Vec<String>)> {
     if body["status"] != "success" {
         return None;
     }
-    let alerts = body["data"]["alerts"].as_array()?;
+    let alerts = list(&body["data"]["alerts"])?;
     let firing = alerts
         .iter()
         .filter(|alert| alert["state"] == "firing")
@@ -185,11 +194,11 @@ pub fn alerting_rules(body: &Value) -> Option<usize> {
     if body["status"] != "success" {
         return None;
     }
-    let groups = body["data"]["groups"].as_array()?;
+    let groups = list(&body["data"]["groups"])?;
     Some(
         groups
             .iter()
-            .filter_map(|group| group["rules"].as_array())
+            .filter_map(|group| list(&group["rules"]))
             .flatten()
             .filter(|rule| rule["type"] == "alerting")
             .count(),
@@ -208,6 +217,16 @@ pub fn parse_query(body: &Value) -> Option<Vec<String>> {
             .map(|series| alert_name(&series["metric"]))
             .collect(),
     )
+}
+
+/// A JSON list; `null` is an empty one (vmalert, in Go, answers
+/// `"alerts": null` when nothing is active).
+fn list(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Null => Some(&[]),
+        Value::Array(items) => Some(items),
+        _ => None,
+    }
 }
 
 fn alert_name(labels: &Value) -> String {
@@ -255,11 +274,12 @@ mod tests {
         );
         let quiet = serde_json::json!({"status": "success", "data": {"alerts": []}});
         assert_eq!(parse_alerts(&quiet), Some((0, vec![])));
+        // vmalert's answer with nothing active.
+        let none = serde_json::json!({"status": "success", "data": {"alerts": null}});
+        assert_eq!(parse_alerts(&none), Some((0, vec![])));
         assert_eq!(parse_alerts(&serde_json::json!({"status": "error"})), None);
-        assert_eq!(
-            parse_alerts(&serde_json::json!({"status": "success", "data": {}})),
-            None
-        );
+        let wrong = serde_json::json!({"status": "success", "data": {"alerts": "none"}});
+        assert_eq!(parse_alerts(&wrong), None);
     }
 
     #[test]
@@ -275,10 +295,10 @@ mod tests {
         // What VictoriaMetrics answers without -vmalert.proxyURL.
         let stub = serde_json::json!({"status": "success", "data": {"groups": []}});
         assert_eq!(alerting_rules(&stub), Some(0));
-        assert_eq!(
-            alerting_rules(&serde_json::json!({"status": "success"})),
-            None
-        );
+        let nulls = serde_json::json!({"status": "success", "data": {"groups": [{"rules": null}]}});
+        assert_eq!(alerting_rules(&nulls), Some(0));
+        let wrong = serde_json::json!({"status": "success", "data": {"groups": 3}});
+        assert_eq!(alerting_rules(&wrong), None);
     }
 
     #[test]

@@ -131,11 +131,14 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
         source,
     })?;
 
-    // Not serving until the first readiness probe says otherwise.
+    // Not serving until the first readiness probe says otherwise; every
+    // service is known from the start (a probe never gets NOT_FOUND).
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    for service in std::iter::once("").chain(SERVICES.iter().copied()) {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     let readiness = Readiness::new();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
