@@ -129,6 +129,7 @@ fn write_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
         .issue_client(&ClientCertRequest {
             name: "footprint-node".into(),
             role: Role::Agent,
+            k3s_role: None,
             validity: Duration::from_secs(86400),
         })
         .unwrap();

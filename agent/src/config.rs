@@ -37,12 +37,9 @@ pub struct AgentConfig {
     pub host: HostConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum K3sRole {
-    Server,
-    Agent,
-}
+/// "server" or "agent" in the config; the same role enrollment binds into
+/// the host's certificate.
+pub use k3sfleet_pki::K3sRole;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

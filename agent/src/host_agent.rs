@@ -12,7 +12,7 @@ use k3sfleet_proto::v1::{Command, CommandOutcome, CommandResult, HealthReport, c
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, K3sRole};
+use crate::config::AgentConfig;
 use crate::duties::{HostDuties, ProgressSink};
 use crate::host::{HostFacts, HostFigureSampler};
 use crate::metrics::Families;
@@ -134,11 +134,7 @@ impl HostAgent {
         let observation = self.lock_latest().clone();
         let figures = self.figures.sample();
         let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        metrics.set(
-            role_name(self.config.role),
-            observation.as_deref(),
-            &figures,
-        );
+        metrics.set(self.config.role.as_str(), observation.as_deref(), &figures);
         metrics.set_certificate_expiry(certificate_not_after(&self.config.tls.cert));
         prometheus::TextEncoder::new()
             .encode_to_string(&metrics.registry.gather())
@@ -154,13 +150,6 @@ fn certificate_not_after(path: &std::path::Path) -> Option<i64> {
     k3sfleet_pki::PeerIdentity::from_der(leaf)
         .ok()
         .map(|identity| identity.not_after)
-}
-
-fn role_name(role: K3sRole) -> &'static str {
-    match role {
-        K3sRole::Server => "server",
-        K3sRole::Agent => "agent",
-    }
 }
 
 /// The command's kind, for logs and metrics.

@@ -291,6 +291,7 @@ fn enroll(
             &token,
             &name,
             Role::Agent,
+            Some(config.role),
         ))
         .with_context(|| format!("enrolling {name} at {}", target.address))?;
     k3sfleet_pki::install(&files, &enrollment)?;

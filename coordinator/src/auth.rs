@@ -277,6 +277,7 @@ mod tests {
         Caller::Peer(PeerIdentity {
             name: name.into(),
             role,
+            k3s_role: None,
             serial: format!("{name}-serial"),
             not_before: 1,
             not_after: 0,

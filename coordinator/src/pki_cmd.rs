@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k3sfleet_pki::{ClientCertRequest, FleetCa, IssueError, Role, ServerCertRequest};
+use k3sfleet_pki::{ClientCertRequest, FleetCa, IssueError, ServerCertRequest};
 
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
@@ -62,17 +62,12 @@ pub struct CertIssued {
 pub fn cert_issue(
     ca_dir: &Path,
     out_dir: &Path,
-    role: Role,
-    name: &str,
-    validity: Duration,
+    request: &ClientCertRequest,
     force: bool,
 ) -> Result<CertIssued, IssueError> {
     let ca = FleetCa::load(&ca_dir.join(CA_CERT), &ca_dir.join(CA_KEY))?;
-    let issued = ca.issue_client(&ClientCertRequest {
-        name: name.to_string(),
-        role,
-        validity,
-    })?;
+    let issued = ca.issue_client(request)?;
+    let name = &request.name;
     create_dir(out_dir)?;
     let cert = out_dir.join(format!("{name}.crt"));
     let key = out_dir.join(format!("{name}.key"));
@@ -105,6 +100,7 @@ fn create_dir(dir: &Path) -> Result<(), IssueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k3sfleet_pki::{K3sRole, Role};
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -136,26 +132,18 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("already exists"), "{err}");
 
-        let issued = cert_issue(
-            &pki,
-            &dir.path().join("out"),
-            Role::Agent,
-            "worker-01",
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
+        let request = |name: &str| ClientCertRequest {
+            name: name.into(),
+            role: Role::Agent,
+            k3s_role: Some(K3sRole::Agent),
+            validity: Duration::from_secs(60),
+        };
+        let issued =
+            cert_issue(&pki, &dir.path().join("out"), &request("worker-01"), false).unwrap();
         let mode = std::fs::metadata(&issued.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let err = cert_issue(
-            &pki,
-            &dir.path().join("out"),
-            Role::Agent,
-            "Worker 01",
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap_err();
+        let err =
+            cert_issue(&pki, &dir.path().join("out"), &request("Worker 01"), false).unwrap_err();
         assert!(err.to_string().contains("Worker 01"), "{err}");
     }
 }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use k3sfleet_proto::v1::certificate_service_client::CertificateServiceClient;
 use k3sfleet_proto::v1::enrollment_service_client::EnrollmentServiceClient;
-use k3sfleet_proto::v1::{CertRole, EnrollRequest, RenewRequest};
+use k3sfleet_proto::v1::{CertRole, EnrollRequest, NodeRole, RenewRequest};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::{
-    DialError, DialTarget, Fingerprint, IssueError, Role, TlsFiles, dial, files,
+    DialError, DialTarget, Fingerprint, IssueError, K3sRole, Role, TlsFiles, dial, files,
     pinned_client_config,
 };
 
@@ -68,13 +68,15 @@ fn proto_role(role: Role) -> CertRole {
     }
 }
 
-/// Enrolls `name` in `role` with a bootstrap token.
+/// Enrolls `name` in `role` with a bootstrap token; an agent names what its
+/// host runs of K3s, which the certificate is then bound to.
 pub async fn enroll(
     target: &DialTarget,
     pin: Fingerprint,
     token: &str,
     name: &str,
     role: Role,
+    k3s_role: Option<K3sRole>,
 ) -> Result<Enrollment, EnrollError> {
     crate::validate_name(name)?;
     let (key_pem, csr_pem) = crate::generate_key_and_csr(name)?;
@@ -85,6 +87,7 @@ pub async fn enroll(
             name: name.to_string(),
             role: proto_role(role) as i32,
             csr_pem,
+            k3s_role: k3s_role.map_or(NodeRole::Unspecified, NodeRole::from) as i32,
         })
         .await
         .map_err(EnrollError::Refused)?

@@ -2,7 +2,7 @@
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::{Fingerprint, Role};
+use crate::{Fingerprint, K3sRole, Role};
 
 /// The identity a verified client certificate carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +11,8 @@ pub struct PeerIdentity {
     /// admins and readers.
     pub name: String,
     pub role: Role,
+    /// For agents enrolled since roles are bound: what the host runs of K3s.
+    pub k3s_role: Option<K3sRole>,
     /// The certificate's serial number in lowercase hex, for revocation.
     pub serial: String,
     /// Seconds since the Unix epoch.
@@ -29,6 +31,8 @@ pub enum IdentityError {
     NoRole,
     #[error("the certificate carries more than one k3sfleet role")]
     SeveralRoles,
+    #[error("the certificate carries more than one K3s role (Subject OU=k3s:server|k3s:agent)")]
+    SeveralK3sRoles,
 }
 
 impl PeerIdentity {
@@ -52,9 +56,18 @@ impl PeerIdentity {
         if roles.next().is_some() {
             return Err(IdentityError::SeveralRoles);
         }
+        let mut k3s_roles = subject
+            .iter_organizational_unit()
+            .filter_map(|unit| unit.as_str().ok())
+            .filter_map(K3sRole::from_organizational_unit);
+        let k3s_role = k3s_roles.next();
+        if k3s_roles.next().is_some() {
+            return Err(IdentityError::SeveralK3sRoles);
+        }
         Ok(PeerIdentity {
             name,
             role,
+            k3s_role,
             serial: hex::encode(cert.raw_serial()),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),

@@ -10,7 +10,7 @@ use rcgen::{
 use time::OffsetDateTime;
 
 use crate::files::{self, FileError};
-use crate::{Fingerprint, Role};
+use crate::{Fingerprint, K3sRole, Role};
 
 /// How long a freshly created fleet CA is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -78,6 +78,8 @@ pub struct ServerCertRequest {
 pub struct ClientCertRequest {
     pub name: String,
     pub role: Role,
+    /// Bound into an agent's certificate (Subject OU).
+    pub k3s_role: Option<K3sRole>,
     pub validity: Duration,
 }
 
@@ -269,6 +271,12 @@ fn client_params(request: &ClientCertRequest) -> Result<CertificateParams, Issue
     let mut params = CertificateParams::default();
     params.distinguished_name =
         distinguished_name(&request.name, Some(&request.role.organization()));
+    if let Some(k3s_role) = request.k3s_role {
+        params.distinguished_name.push(
+            DnType::OrganizationalUnitName,
+            k3s_role.organizational_unit(),
+        );
+    }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.serial_number = Some(random_serial());
@@ -387,6 +395,7 @@ mod tests {
             .issue_client(&ClientCertRequest {
                 name: "worker-01".into(),
                 role: Role::Agent,
+                k3s_role: Some(K3sRole::Agent),
                 validity: Duration::from_secs(3600),
             })
             .unwrap();
@@ -396,6 +405,7 @@ mod tests {
         let id = PeerIdentity::from_der(&der).unwrap();
         assert_eq!(id.name, "worker-01");
         assert_eq!(id.role, Role::Agent);
+        assert_eq!(id.k3s_role, Some(K3sRole::Agent));
         assert_eq!(id.serial, issued.serial);
         assert!(id.not_after - id.not_before >= 3600);
         assert!(issued.key_pem.is_some());
@@ -412,6 +422,7 @@ mod tests {
                 &ClientCertRequest {
                     name: "worker-02".into(),
                     role: Role::Agent,
+                    k3s_role: None,
                     validity: Duration::from_secs(600),
                 },
             )
@@ -419,7 +430,9 @@ mod tests {
         assert!(issued.key_pem.is_none());
         let der: rustls::pki_types::CertificateDer<'static> =
             rustls::pki_types::pem::PemObject::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
-        assert_eq!(PeerIdentity::from_der(&der).unwrap().name, "worker-02");
+        let id = PeerIdentity::from_der(&der).unwrap();
+        assert_eq!(id.name, "worker-02");
+        assert_eq!(id.k3s_role, None);
     }
 
     #[test]

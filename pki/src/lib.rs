@@ -27,7 +27,7 @@ pub use identity::{IdentityError, PeerIdentity};
 pub use issue::{CERT_BACKDATE, csr_for_key, generate_key_and_csr, validate_name};
 pub use issue::{ClientCertRequest, FleetCa, IssueError, IssuedCert, ServerCertRequest};
 pub use pinned::{PinnedCaVerifier, pinned_client_config};
-pub use role::{Role, RoleError};
+pub use role::{K3sRole, K3sRoleError, Role, RoleError};
 pub use tls::{
     FixedClientCert, TlsError, TlsFiles, certified_key, client_config, client_verifier,
     platform_client_config, root_store, server_config,

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use k3sfleet_proto::v1::NodeRole;
+
 /// Prefix of the Subject Organization that carries a role.
 const ROLE_ORG_PREFIX: &str = "k3sfleet:";
 
@@ -67,6 +69,85 @@ impl FromStr for Role {
     }
 }
 
+/// Prefix of the Subject OrganizationalUnit that carries a K3s role.
+const K3S_ROLE_OU_PREFIX: &str = "k3s:";
+
+/// What a host runs of K3s, bound into its agent's certificate at enrollment
+/// (Subject OU=k3s:server or k3s:agent): the etcd quorum guard counts
+/// servers, so a host must not become one by saying so in its hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum K3sRole {
+    /// A K3s server: control plane and embedded etcd member.
+    Server,
+    /// A K3s agent: a worker.
+    Agent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown K3s role {given:?}: expected server or agent")]
+pub struct K3sRoleError {
+    pub given: String,
+}
+
+impl K3sRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            K3sRole::Server => "server",
+            K3sRole::Agent => "agent",
+        }
+    }
+
+    /// The Subject OrganizationalUnit value that carries this role.
+    pub fn organizational_unit(self) -> String {
+        format!("{K3S_ROLE_OU_PREFIX}{}", self.as_str())
+    }
+
+    /// The role carried by a Subject OrganizationalUnit value, if any.
+    pub fn from_organizational_unit(unit: &str) -> Option<K3sRole> {
+        unit.strip_prefix(K3S_ROLE_OU_PREFIX)?.parse().ok()
+    }
+
+    /// The protocol's node role (`NodeRole` as sent); unspecified or unknown
+    /// is `None`.
+    pub fn from_proto(role: i32) -> Option<K3sRole> {
+        match NodeRole::try_from(role).ok()? {
+            NodeRole::Server => Some(K3sRole::Server),
+            NodeRole::Agent => Some(K3sRole::Agent),
+            NodeRole::Unspecified => None,
+        }
+    }
+}
+
+impl From<K3sRole> for NodeRole {
+    fn from(role: K3sRole) -> NodeRole {
+        match role {
+            K3sRole::Server => NodeRole::Server,
+            K3sRole::Agent => NodeRole::Agent,
+        }
+    }
+}
+
+impl fmt::Display for K3sRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for K3sRole {
+    type Err = K3sRoleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "server" => Ok(K3sRole::Server),
+            "agent" => Ok(K3sRole::Agent),
+            other => Err(K3sRoleError {
+                given: other.to_string(),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +164,18 @@ mod tests {
         assert_eq!(Role::from_organization("admin"), None);
         assert_eq!(Role::from_organization("os:admin"), None);
         assert_eq!(Role::from_organization("k3sfleet:root"), None);
+    }
+
+    #[test]
+    fn k3s_roles_round_trip_and_foreign_units_carry_none() {
+        for role in [K3sRole::Server, K3sRole::Agent] {
+            assert_eq!(
+                K3sRole::from_organizational_unit(&role.organizational_unit()),
+                Some(role)
+            );
+        }
+        assert_eq!(K3sRole::from_organizational_unit("server"), None);
+        assert_eq!(K3sRole::from_organizational_unit("k3s:etcd"), None);
     }
 
     #[test]

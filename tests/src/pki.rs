@@ -72,6 +72,7 @@ impl TestPki {
             .issue_client(&ClientCertRequest {
                 name: name.into(),
                 role,
+                k3s_role: None,
                 validity,
             })
             .unwrap();

@@ -468,3 +468,83 @@ fn server_certificate_serial(site: &Site) -> String {
             .collect()
     })
 }
+
+/// The K3s role of the certificate in PEM file `path`, as the coordinator
+/// reads it.
+fn bound_k3s_role(path: &Path) -> Option<k3sfleet_pki::K3sRole> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(path).unwrap();
+    k3sfleet_pki::PeerIdentity::from_der(&der).unwrap().k3s_role
+}
+
+#[test]
+fn the_k3s_role_is_the_certificates_and_a_hello_claiming_another_is_flagged() {
+    let site = site();
+    let home = site.agent_home("worker-01");
+
+    // A token for K3s servers only does not enroll a host that runs a K3s
+    // agent, and nothing is written.
+    let servers_only = site.token(&["--role", "agent", "--k3s-role", "server"]);
+    let refused = site.enroll(&home, &servers_only, &site.pki.fingerprint());
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("enrolls K3s servers only, not a K3s agent"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!home.tls.cert.exists());
+    assert!(
+        site.admin
+            .ok(&["token", "list"])
+            .contains("agent (k3s server)"),
+        "{}",
+        site.admin.ok(&["token", "list"])
+    );
+    let admin_token =
+        site.admin
+            .run(&["token", "create", "--role", "admin", "--k3s-role", "server"]);
+    assert!(!admin_token.status.success());
+    assert!(
+        stderr(&admin_token).contains("--k3s-role is for agent tokens only"),
+        "{}",
+        stderr(&admin_token)
+    );
+
+    // Enrolled: the certificate carries what the host's config says.
+    site.enroll_ok(&home, &site.token(&["--role", "agent"]));
+    assert_eq!(
+        bound_k3s_role(&home.tls.cert),
+        Some(k3sfleet_pki::K3sRole::Agent)
+    );
+
+    // The host then claims to be a server (the etcd quorum guard counts
+    // servers): the certificate's role counts, and the claim is flagged.
+    let config = std::fs::read_to_string(&home.config).unwrap();
+    assert!(config.starts_with("role = \"agent\"\n"), "{config}");
+    std::fs::write(
+        &home.config,
+        config.replacen("role = \"agent\"", "role = \"server\"", 1),
+    )
+    .unwrap();
+    let _agent = AgentProcess::spawn(home);
+    wait_until("worker-01 to connect", TIMEOUT, || {
+        site.connected("worker-01")
+    });
+    let node = site.admin.node("worker-01").unwrap();
+    assert_eq!(node["role"], "NODE_ROLE_AGENT", "{node:#}");
+    assert_eq!(node["roleBound"], true, "{node:#}");
+    let warning = node["identityWarning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("says it is a K3s server but its certificate is bound to agent"),
+        "{node:#}"
+    );
+    let table = site.admin.ok(&["nodes"]);
+    assert!(
+        table.contains("warning: worker-01: its hello says it is a K3s server"),
+        "{table}"
+    );
+    let audit = site
+        .admin
+        .ok(&["audit", "--node", "worker-01", "-o", "json"]);
+    assert!(audit.contains("hello.identity_conflict"), "{audit}");
+}

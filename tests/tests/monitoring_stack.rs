@@ -330,6 +330,7 @@ async fn the_packaged_rules_fire_and_resolve_for_real_faults_in_both_rule_engine
         .issue_client(&ClientCertRequest {
             name: "server-3".into(),
             role: Role::Agent,
+            k3s_role: None,
             validity: Duration::from_secs(600),
         })
         .unwrap();

@@ -3,7 +3,8 @@
 //! oversized message, secrets leaking into any log output of a whole
 //! enrollment story, a slow-handshake flood, anonymous callers past their
 //! rate, and a coordinator that cannot write saying so. (Signed releases: agent/tests/signed_releases.rs and
-//! release_signing.rs; token takeover of a live node: enrollment.rs.)
+//! release_signing.rs; token takeover of a live node and a role forged in a
+//! hello: enrollment.rs.)
 
 use std::process::Command;
 use std::time::Duration;

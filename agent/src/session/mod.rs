@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 
 pub use backoff::Backoff;
 
-use crate::config::{AgentConfig, K3sRole};
+use crate::config::AgentConfig;
 use crate::duties::{HostDuties, Outbox, ProgressSink};
 use crate::journal::{Admission, Journal};
 
@@ -258,10 +258,7 @@ impl<D: HostDuties> Agent<D> {
         let facts = self.duties.facts();
         Hello {
             node_name,
-            role: match self.config.role {
-                K3sRole::Server => NodeRole::Server,
-                K3sRole::Agent => NodeRole::Agent,
-            } as i32,
+            role: NodeRole::from(self.config.role) as i32,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: Some(PROTOCOL),
             k3s_version: self.duties.k3s_version().await,

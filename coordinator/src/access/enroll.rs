@@ -3,9 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k3sfleet_pki::{CERT_BACKDATE, ClientCertRequest, FleetCa, IssueError, PeerIdentity, Role};
+use k3sfleet_pki::{
+    CERT_BACKDATE, ClientCertRequest, FleetCa, IssueError, K3sRole, PeerIdentity, Role,
+};
 use k3sfleet_proto::v1::{
-    CertificateInfo, CreateTokenRequest, EnrollRequest, EnrollResponse, RenewResponse, TokenInfo,
+    CertificateInfo, CreateTokenRequest, EnrollRequest, EnrollResponse, NodeRole, RenewResponse,
+    TokenInfo,
 };
 
 use super::token::{Token, name_matches};
@@ -125,6 +128,12 @@ impl Access {
                 request.name_pattern
             )));
         }
+        let k3s_role = K3sRole::from_proto(request.k3s_role);
+        if k3s_role.is_some() && role != Role::Agent {
+            return Err(AccessError::Invalid(format!(
+                "only agent tokens enroll a K3s role, not {role} tokens"
+            )));
+        }
         if Duration::from_secs(u64::from(request.cert_ttl_seconds)) > MAX_CERT_TTL {
             return Err(AccessError::Invalid(
                 "certificates may live at most 365 days".into(),
@@ -145,6 +154,7 @@ impl Access {
             revoked_at_ms: None,
             description: request.description,
             enrolled_names: Vec::new(),
+            k3s_role,
         };
         let info = token_info(&record);
         self.store
@@ -179,6 +189,12 @@ impl Access {
         })?;
         k3sfleet_pki::validate_name(&request.name)
             .map_err(|err| AccessError::Invalid(err.to_string()))?;
+        let requested_k3s_role = K3sRole::from_proto(request.k3s_role);
+        if requested_k3s_role.is_some() && role != Role::Agent {
+            return Err(AccessError::Invalid(format!(
+                "only agents have a K3s role, not {role}s"
+            )));
+        }
         let revoked_at = self.revocations.revoked_at(role, &request.name);
         let default_lifetime = self.policy.lifetime(role);
         let name = request.name.clone();
@@ -195,6 +211,10 @@ impl Access {
                 if let Err(reason) = check_token(&record, role, &name, revoked_at, now_ms) {
                     return Ok(Err(AccessError::Denied(reason)));
                 }
+                let k3s_role = match bound_k3s_role(&record, requested_k3s_role) {
+                    Ok(k3s_role) => k3s_role,
+                    Err(reason) => return Ok(Err(AccessError::Denied(reason))),
+                };
                 // A token never takes over a live identity: whoever holds a
                 // leaked token would get the node's session and its commands.
                 let role_name = role.to_string();
@@ -210,6 +230,7 @@ impl Access {
                 let request = ClientCertRequest {
                     name: name.clone(),
                     role,
+                    k3s_role,
                     validity: lifetime,
                 };
                 let issued = match ca.sign_csr(&csr, &request) {
@@ -250,9 +271,11 @@ impl Access {
         let ca = self.ca()?;
         let held = Duration::from_secs((peer.not_after - peer.not_before).max(0) as u64)
             .saturating_sub(CERT_BACKDATE);
+        // A renewed certificate keeps the K3s role the old one was bound to.
         let request = ClientCertRequest {
             name: peer.name.clone(),
             role: peer.role,
+            k3s_role: peer.k3s_role,
             validity: held.clamp(MIN_CERT_TTL, MAX_CERT_TTL),
         };
         let issued = ca.sign_csr(&csr, &request).map_err(|err| match err {
@@ -363,6 +386,22 @@ pub fn check_token(
     Ok(())
 }
 
+/// The K3s role to bind into an agent's certificate: the one the host asks
+/// for, which the token must allow; the token's own when the host asks for
+/// none.
+pub fn bound_k3s_role(
+    token: &TokenRecord,
+    requested: Option<K3sRole>,
+) -> Result<Option<K3sRole>, String> {
+    match (token.k3s_role, requested) {
+        (Some(allowed), Some(asked)) if allowed != asked => Err(format!(
+            "token {} enrolls K3s {allowed}s only, not a K3s {asked}",
+            token.id
+        )),
+        (allowed, asked) => Ok(asked.or(allowed)),
+    }
+}
+
 /// Why a token cannot enroll a name that holds a live certificate.
 fn live_identity(role: Role, name: &str, live: &CertificateRecord) -> String {
     format!(
@@ -412,6 +451,9 @@ fn token_info(record: &TokenRecord) -> TokenInfo {
         revoked_unix_ms: record.revoked_at_ms.unwrap_or(0),
         description: record.description.clone(),
         enrolled_names: record.enrolled_names.clone(),
+        k3s_role: record
+            .k3s_role
+            .map_or(NodeRole::Unspecified, NodeRole::from) as i32,
     }
 }
 
@@ -434,7 +476,34 @@ mod tests {
             revoked_at_ms: None,
             description: String::new(),
             enrolled_names: vec![],
+            k3s_role: None,
         }
+    }
+
+    #[test]
+    fn the_k3s_role_bound_is_the_one_asked_for_within_what_the_token_allows() {
+        let servers_only = TokenRecord {
+            k3s_role: Some(K3sRole::Server),
+            ..token()
+        };
+        assert_eq!(
+            bound_k3s_role(&servers_only, Some(K3sRole::Server)),
+            Ok(Some(K3sRole::Server))
+        );
+        assert_eq!(
+            bound_k3s_role(&servers_only, None),
+            Ok(Some(K3sRole::Server))
+        );
+        let refused = bound_k3s_role(&servers_only, Some(K3sRole::Agent)).unwrap_err();
+        assert!(
+            refused.contains("enrolls K3s servers only, not a K3s agent"),
+            "{refused}"
+        );
+        assert_eq!(
+            bound_k3s_role(&token(), Some(K3sRole::Agent)),
+            Ok(Some(K3sRole::Agent))
+        );
+        assert_eq!(bound_k3s_role(&token(), None), Ok(None));
     }
 
     #[test]

@@ -74,6 +74,7 @@ mod tests {
         PeerIdentity {
             name: "worker-01".into(),
             role: Role::Agent,
+            k3s_role: None,
             serial: serial.into(),
             not_before,
             not_after: not_before + 3600,

@@ -78,6 +78,7 @@ impl AgentService for AgentApi {
                 hello,
                 outbound,
                 peer.not_after.saturating_mul(1000),
+                peer.k3s_role.map(NodeRole::from),
                 unix_ms(),
             )
             .await

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use k3sfleet_coordinator::config::{CoordinatorConfig, DEFAULT_CONFIG_PATH};
 use k3sfleet_coordinator::{pki_cmd, server};
 use k3sfleet_daemon::{logging, shutdown, systemd};
-use k3sfleet_pki::Role;
+use k3sfleet_pki::{ClientCertRequest, K3sRole, Role};
 
 /// The k3sfleet coordinator: knows the fleet, drains nodes, runs rolling K3s upgrades.
 #[derive(Debug, Parser)]
@@ -75,6 +75,10 @@ enum CertCommand {
         /// Node name (agents) or person/tool name (admins, readers)
         #[arg(long)]
         name: String,
+        /// For agents: what the host runs of K3s (server or agent), bound
+        /// into the certificate; without it the agent's hello says.
+        #[arg(long)]
+        k3s_role: Option<K3sRole>,
         /// Directory holding ca.crt and ca.key
         #[arg(long, default_value = "/etc/k3sfleet/pki")]
         ca_dir: PathBuf,
@@ -118,19 +122,35 @@ fn main() -> ExitCode {
             })
             .map_err(Into::into),
         Command::Cert(CertCommand::Issue {
+            role: Role::Admin | Role::Reader,
+            k3s_role: Some(_),
+            ..
+        }) => Err(anyhow::anyhow!("--k3s-role is for agent certificates only")),
+        Command::Cert(CertCommand::Issue {
             role,
             name,
+            k3s_role,
             ca_dir,
             out_dir,
             ttl,
             force,
-        }) => pki_cmd::cert_issue(&ca_dir, &out_dir, role, &name, ttl, force)
-            .map(|issued| {
-                println!("wrote {}", issued.cert.display());
-                println!("wrote {}", issued.key.display());
-                println!("serial {}", issued.serial);
-            })
-            .map_err(Into::into),
+        }) => pki_cmd::cert_issue(
+            &ca_dir,
+            &out_dir,
+            &ClientCertRequest {
+                name,
+                role,
+                k3s_role,
+                validity: ttl,
+            },
+            force,
+        )
+        .map(|issued| {
+            println!("wrote {}", issued.cert.display());
+            println!("wrote {}", issued.key.display());
+            println!("serial {}", issued.serial);
+        })
+        .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

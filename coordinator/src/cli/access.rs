@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use k3sfleet_pki::{DialTarget, Fingerprint, Role, TlsFiles};
+use k3sfleet_pki::{DialTarget, Fingerprint, K3sRole, Role, TlsFiles};
 use k3sfleet_proto::v1::access_service_client::AccessServiceClient;
 use k3sfleet_proto::v1::{
-    CreateTokenRequest, ListCertificatesRequest, ListTokensRequest, RevokeIdentityRequest,
-    RevokeTokenRequest, TokenInfo,
+    CreateTokenRequest, ListCertificatesRequest, ListTokensRequest, NodeRole,
+    RevokeIdentityRequest, RevokeTokenRequest, TokenInfo,
 };
 
 use super::connection::ConnectionArgs;
@@ -45,6 +45,10 @@ pub enum TokenCommand {
         cert_ttl: Option<Duration>,
         #[arg(long, default_value = "")]
         description: String,
+        /// For agent tokens: hosts enroll with it only as K3s servers, or
+        /// only as K3s agents (bound into their certificates) [default: either]
+        #[arg(long)]
+        k3s_role: Option<K3sRole>,
     },
     /// List tokens: uses left, expiry, who enrolled.
     List {
@@ -103,7 +107,11 @@ pub async fn token(connection: &ConnectionArgs, command: TokenCommand) -> anyhow
             name_pattern,
             cert_ttl,
             description,
+            k3s_role,
         } => {
+            if k3s_role.is_some() && role != Role::Agent {
+                anyhow::bail!("--k3s-role is for agent tokens only, not {role} tokens");
+            }
             let response = client
                 .create_token(CreateTokenRequest {
                     role: role_to_proto(role) as i32,
@@ -113,12 +121,14 @@ pub async fn token(connection: &ConnectionArgs, command: TokenCommand) -> anyhow
                     cert_ttl_seconds: cert_ttl
                         .map_or(0, |d| d.as_secs().try_into().unwrap_or(u32::MAX)),
                     description,
+                    k3s_role: k3s_role.map_or(NodeRole::Unspecified, NodeRole::from) as i32,
                 })
                 .await?
                 .into_inner();
             let info = response.info.unwrap_or_default();
+            let bound = k3s_role.map_or(String::new(), |k3s| format!(" (K3s {k3s}s only)"));
             eprintln!(
-                "token {} for role {role}: {} uses, expires {}; it is shown only now",
+                "token {} for role {role}{bound}: {} uses, expires {}; it is shown only now",
                 info.id,
                 info.uses_total,
                 time(info.expires_unix_ms)
@@ -148,9 +158,11 @@ fn tokens_table(tokens: &[TokenInfo]) -> String {
         .map(|t| {
             vec![
                 t.id.clone(),
-                role_from_proto(t.role)
-                    .map_or("?", Role::as_str)
-                    .to_string(),
+                match (role_from_proto(t.role), K3sRole::from_proto(t.k3s_role)) {
+                    (Some(role), Some(k3s)) => format!("{role} (k3s {k3s})"),
+                    (Some(role), None) => role.to_string(),
+                    (None, _) => "?".into(),
+                },
                 format!("{}/{}", t.uses_left, t.uses_total),
                 if t.name_pattern.is_empty() {
                     "*".into()
@@ -282,8 +294,15 @@ pub async fn enroll(connection: &ConnectionArgs, args: EnrollArgs) -> anyhow::Re
     };
     let mut target = DialTarget::new(coordinator.clone());
     target.server_name = connection.server_name.clone();
-    let enrollment =
-        k3sfleet_pki::enroll(&target, args.ca_fingerprint, &token, &args.name, args.role).await?;
+    let enrollment = k3sfleet_pki::enroll(
+        &target,
+        args.ca_fingerprint,
+        &token,
+        &args.name,
+        args.role,
+        None,
+    )
+    .await?;
     k3sfleet_pki::install(&files, &enrollment)?;
     for path in [&files.key, &files.cert, &files.ca] {
         println!("wrote {}", path.display());

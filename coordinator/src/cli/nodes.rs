@@ -36,13 +36,16 @@ pub async fn list(connection: &ConnectionArgs, format: OutputFormat) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
+/// The nodes as a table; a role only the node's hello claims (its
+/// certificate binds none) is marked "(said)", and every hello that
+/// disagreed with what the coordinator knows is spelled out below it.
 pub fn nodes_table(nodes: &[NodeSummary]) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|node| {
             vec![
                 node.name.clone(),
-                output::role(node.role).to_string(),
+                role_of(node),
                 output::connectivity(node.connectivity).to_string(),
                 if node.last_report_age_ms < 0 {
                     "never".to_string()
@@ -54,10 +57,23 @@ pub fn nodes_table(nodes: &[NodeSummary]) -> String {
             ]
         })
         .collect();
-    output::table(
+    let mut out = output::table(
         &["NAME", "ROLE", "CONNECTED", "LAST REPORT", "K3S", "HEALTH"],
         &rows,
-    )
+    );
+    for node in nodes.iter().filter(|n| !n.identity_warning.is_empty()) {
+        let _ = writeln!(out, "warning: {}: {}", node.name, node.identity_warning);
+    }
+    out
+}
+
+fn role_of(node: &NodeSummary) -> String {
+    let role = output::role(node.role);
+    if node.role_bound {
+        role.to_string()
+    } else {
+        format!("{role} (said)")
+    }
 }
 
 pub async fn run(connection: &ConnectionArgs, command: NodeCommand) -> anyhow::Result<ExitCode> {
@@ -128,7 +144,21 @@ pub fn describe_node(detail: &NodeDetail) -> String {
     let mut out = String::new();
     let summary = detail.summary.clone().unwrap_or_default();
     let _ = writeln!(out, "Node:        {}", summary.name);
-    let _ = writeln!(out, "Role:        {}", output::role(summary.role));
+    let _ = writeln!(
+        out,
+        "Role:        {}",
+        if summary.role_bound {
+            format!("{} (bound in its certificate)", output::role(summary.role))
+        } else {
+            format!(
+                "{} (its hello says; the certificate binds none)",
+                output::role(summary.role)
+            )
+        }
+    );
+    if !summary.identity_warning.is_empty() {
+        let _ = writeln!(out, "Warning:     {}", summary.identity_warning);
+    }
     let _ = writeln!(
         out,
         "Connected:   {}",
@@ -353,6 +383,7 @@ mod tests {
                 last_report_age_ms: 3_000,
                 k3s_version: "v1.31.4+k3s1".into(),
                 health: Health::Ok as i32,
+                role_bound: true,
                 ..Default::default()
             },
             NodeSummary {
@@ -361,14 +392,16 @@ mod tests {
                 connectivity: Connectivity::Unreachable as i32,
                 last_report_age_ms: -1,
                 health: 0,
+                identity_warning: "boot id b1 came back after a later one".into(),
                 ..Default::default()
             },
         ];
         assert_eq!(
             nodes_table(&nodes),
-            "NAME        ROLE     CONNECTED     LAST REPORT   K3S            HEALTH\n\
-             server-1    server   yes           3s            v1.31.4+k3s1   ok\n\
-             worker-01   agent    unreachable   never         -              unknown\n"
+            "NAME        ROLE           CONNECTED     LAST REPORT   K3S            HEALTH\n\
+             server-1    server         yes           3s            v1.31.4+k3s1   ok\n\
+             worker-01   agent (said)   unreachable   never         -              unknown\n\
+             warning: worker-01: boot id b1 came back after a later one\n"
         );
     }
 }

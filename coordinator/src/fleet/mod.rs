@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use k3sfleet_proto::v1::{
     Command, CommandEvent, CommandProgress, CommandResult, Connectivity, CoordinatorMessage,
-    HealthReport, Hello, NodeDetail, NodeSummary, command_event, coordinator_message,
+    HealthReport, Hello, NodeDetail, NodeRole, NodeSummary, command_event, coordinator_message,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
@@ -30,6 +30,9 @@ pub use liveness::{MISSED_REPORTS_UNREACHABLE, connectivity, silence_limit};
 pub type Outgoing = Result<Box<CoordinatorMessage>, Box<Status>>;
 /// Messages to one agent.
 pub type Outbound = mpsc::Sender<Outgoing>;
+
+/// Boot ids remembered per node, to notice one coming back.
+const BOOT_IDS_KEPT: usize = 8;
 
 /// How many command events a slow watcher may fall behind before it misses some.
 const COMMAND_EVENT_BUFFER: usize = 64;
@@ -74,6 +77,12 @@ struct State {
 
 struct LiveNode {
     role: i32,
+    /// Whether `role` comes from the certificate rather than the hello.
+    role_bound: bool,
+    /// Boot ids this node's hellos carried, newest last (in memory only).
+    boot_ids: std::collections::VecDeque<String>,
+    /// What the latest hello disagreed with, if anything.
+    identity_warning: Option<String>,
     first_seen_ms: i64,
     last_seen_ms: i64,
     hello: Option<Hello>,
@@ -105,6 +114,9 @@ impl Fleet {
                 record.name.clone(),
                 LiveNode {
                     role: record.role,
+                    role_bound: false,
+                    boot_ids: Default::default(),
+                    identity_warning: None,
                     first_seen_ms: record.first_seen_ms,
                     last_seen_ms: record.last_seen_ms,
                     hello: record.last_hello,
@@ -141,12 +153,16 @@ impl Fleet {
 
     /// Registers a new session for the node named in `hello` (already checked
     /// against the certificate), replacing any older session of that node,
-    /// and re-sends the commands still waiting for a result.
+    /// and re-sends the commands still waiting for a result. The node's role
+    /// is `bound_role`, the certificate's, when it has one; a hello that
+    /// disagrees with it, or whose boot id came back after another, is
+    /// flagged on the node and in the audit log.
     pub async fn connect(
         &self,
         hello: Hello,
         outbound: Outbound,
         cert_not_after_ms: i64,
+        bound_role: Option<NodeRole>,
         now_ms: i64,
     ) -> Result<SessionTicket, FleetError> {
         self.hellos.record(hello.clone(), now_ms).await?;
@@ -154,13 +170,16 @@ impl Fleet {
             node: hello.node_name.clone(),
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
         };
-        {
+        let warning = {
             let mut state = self.lock();
             let node = state
                 .nodes
                 .entry(hello.node_name.clone())
                 .or_insert_with(|| LiveNode {
                     role: hello.role,
+                    role_bound: false,
+                    boot_ids: Default::default(),
+                    identity_warning: None,
                     first_seen_ms: now_ms,
                     last_seen_ms: now_ms,
                     hello: None,
@@ -169,7 +188,17 @@ impl Fleet {
                     session: None,
                     pending: HashMap::new(),
                 });
-            node.role = hello.role;
+            let problems = identity_problems(node, &hello, bound_role);
+            node.role = bound_role.map_or(hello.role, |role| role as i32);
+            node.role_bound = bound_role.is_some();
+            node.identity_warning = (!problems.is_empty()).then(|| problems.join("; "));
+            if node.boot_ids.back() != Some(&hello.boot_id) {
+                node.boot_ids.retain(|id| *id != hello.boot_id);
+                node.boot_ids.push_back(hello.boot_id.clone());
+                if node.boot_ids.len() > BOOT_IDS_KEPT {
+                    node.boot_ids.pop_front();
+                }
+            }
             node.last_seen_ms = now_ms;
             let session = Session {
                 id: ticket.id,
@@ -187,8 +216,27 @@ impl Fleet {
             for command in &commands {
                 offer(node, command);
             }
-        }
+            node.identity_warning.clone()
+        };
         self.changed();
+        if let Some(warning) = warning {
+            tracing::warn!(
+                node = ticket.node,
+                warning,
+                "a hello disagrees with what the coordinator knows"
+            );
+            self.store
+                .audit(
+                    crate::store::AuditEvent {
+                        actor: format!("agent:{}", ticket.node),
+                        action: "hello.identity_conflict".into(),
+                        node: Some(ticket.node.clone()),
+                        detail: warning,
+                    },
+                    now_ms,
+                )
+                .await?;
+        }
         Ok(ticket)
     }
 
@@ -480,6 +528,7 @@ impl LiveNode {
     }
 
     fn summary(&self, name: &str, now_ms: i64) -> NodeSummary {
+        let identity_warning = self.identity_warning.clone().unwrap_or_default();
         let hello = self.hello.as_ref();
         NodeSummary {
             name: name.to_string(),
@@ -500,14 +549,47 @@ impl LiveNode {
             last_report_age_ms: self
                 .report_ms
                 .map_or(-1, |at| now_ms.saturating_sub(at).max(0)),
+            role_bound: self.role_bound,
+            identity_warning,
         }
+    }
+}
+
+/// What `hello` says that disagrees with what the coordinator knows of `node`.
+fn identity_problems(node: &LiveNode, hello: &Hello, bound_role: Option<NodeRole>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let declared = NodeRole::try_from(hello.role).unwrap_or(NodeRole::Unspecified);
+    if let Some(bound) = bound_role
+        && bound != declared
+    {
+        problems.push(format!(
+            "its hello says it is a K3s {} but its certificate is bound to {}; the certificate counts",
+            role_word(declared),
+            role_word(bound)
+        ));
+    }
+    let returned = node.boot_ids.back() != Some(&hello.boot_id)
+        && node.boot_ids.iter().any(|id| *id == hello.boot_id);
+    if returned {
+        problems.push(format!(
+            "boot id {} came back after a later one: two hosts may be using this node's certificate",
+            hello.boot_id
+        ));
+    }
+    problems
+}
+
+fn role_word(role: NodeRole) -> &'static str {
+    match role {
+        NodeRole::Server => "server",
+        NodeRole::Agent => "agent",
+        NodeRole::Unspecified => "(unspecified)",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k3sfleet_proto::v1::NodeRole;
 
     fn hello(name: &str) -> Hello {
         Hello {
@@ -532,7 +614,7 @@ mod tests {
         let now = 1_000;
         let (stuck, mut stuck_rx) = mpsc::channel(1);
         fleet
-            .connect(hello("worker-1"), stuck, i64::MAX, now)
+            .connect(hello("worker-1"), stuck, i64::MAX, None, now)
             .await
             .unwrap();
         let _first = fleet.send_command("worker-1", command("c1")).unwrap();
@@ -547,7 +629,7 @@ mod tests {
 
         let (fresh, mut fresh_rx) = mpsc::channel(16);
         fleet
-            .connect(hello("worker-1"), fresh, i64::MAX, now)
+            .connect(hello("worker-1"), fresh, i64::MAX, None, now)
             .await
             .unwrap();
         let mut resent = Vec::new();
@@ -562,5 +644,72 @@ mod tests {
             ["c1", "c2"],
             "every command still waiting goes again"
         );
+    }
+
+    #[tokio::test]
+    async fn the_certificates_role_counts_and_hellos_that_disagree_are_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).await.unwrap();
+        let summary = |fleet: &Fleet| fleet.summaries(1_000).remove(0);
+        let connect = |boot: &'static str, role: NodeRole| {
+            let fleet = &fleet;
+            async move {
+                let (tx, _rx) = mpsc::channel(16);
+                let hello = Hello {
+                    boot_id: boot.into(),
+                    role: role as i32,
+                    ..hello("worker-1")
+                };
+                fleet
+                    .connect(hello, tx, i64::MAX, Some(NodeRole::Agent), 1_000)
+                    .await
+                    .unwrap();
+            }
+        };
+
+        connect("b1", NodeRole::Server).await;
+        let node = summary(&fleet);
+        assert_eq!(node.role, NodeRole::Agent as i32, "the certificate counts");
+        assert!(node.role_bound);
+        assert!(
+            node.identity_warning
+                .contains("says it is a K3s server but its certificate is bound to agent"),
+            "{}",
+            node.identity_warning
+        );
+
+        // An honest hello clears the warning; reconnects and a reboot are
+        // fine; a boot id coming back after a later one is two hosts.
+        for boot in ["b1", "b1", "b2"] {
+            connect(boot, NodeRole::Agent).await;
+            assert_eq!(summary(&fleet).identity_warning, "", "{boot}");
+        }
+        connect("b1", NodeRole::Agent).await;
+        assert!(
+            summary(&fleet)
+                .identity_warning
+                .contains("boot id b1 came back after a later one"),
+            "{}",
+            summary(&fleet).identity_warning
+        );
+
+        // Without a role in its certificate, the hello's role stands, marked
+        // as only said.
+        let (tx, _rx) = mpsc::channel(16);
+        let hello = Hello {
+            role: NodeRole::Server as i32,
+            ..hello("server-1")
+        };
+        fleet
+            .connect(hello, tx, i64::MAX, None, 1_000)
+            .await
+            .unwrap();
+        let server = fleet
+            .summaries(1_000)
+            .into_iter()
+            .find(|n| n.name == "server-1")
+            .unwrap();
+        assert_eq!(server.role, NodeRole::Server as i32);
+        assert!(!server.role_bound);
     }
 }

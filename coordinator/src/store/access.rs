@@ -4,6 +4,8 @@
 //! only reads and writes rows, inside the caller's transaction where the
 //! decision and its effects must commit together.
 
+use k3sfleet_pki::K3sRole;
+use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::{Store, StoreError};
@@ -23,6 +25,8 @@ pub struct TokenRecord {
     pub revoked_at_ms: Option<i64>,
     pub description: String,
     pub enrolled_names: Vec<String>,
+    /// For agent tokens: the only K3s role it enrolls; `None` allows either.
+    pub k3s_role: Option<K3sRole>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +49,7 @@ pub struct RevocationRecord {
 
 const TOKEN_COLUMNS: &str =
     "id, secret_sha256, role, name_pattern, uses_total, uses_left, expires_at_ms,
-    cert_ttl_s, created_at_ms, created_by, revoked_at_ms, description";
+    cert_ttl_s, created_at_ms, created_by, revoked_at_ms, description, k3s_role";
 
 fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     Ok(TokenRecord {
@@ -62,6 +66,12 @@ fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
         revoked_at_ms: row.get(10)?,
         description: row.get(11)?,
         enrolled_names: Vec::new(),
+        k3s_role: match row.get::<_, String>(12)?.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|err| {
+                rusqlite::Error::FromSqlConversionFailure(12, Type::Text, Box::new(err))
+            })?),
+        },
     })
 }
 
@@ -79,7 +89,7 @@ fn certificate_from_row(row: &Row<'_>) -> rusqlite::Result<CertificateRecord> {
 
 pub fn insert_token(conn: &Connection, token: &TokenRecord) -> Result<(), StoreError> {
     conn.execute(
-        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
         params![
             token.id,
             token.secret_sha256,
@@ -92,7 +102,8 @@ pub fn insert_token(conn: &Connection, token: &TokenRecord) -> Result<(), StoreE
             token.created_at_ms,
             token.created_by,
             token.revoked_at_ms,
-            token.description
+            token.description,
+            token.k3s_role.map_or("", K3sRole::as_str)
         ],
     )?;
     Ok(())

@@ -140,6 +140,8 @@ const MIGRATIONS: &[&str] = &[
         id      INTEGER PRIMARY KEY CHECK (id = 1),
         at_ms   INTEGER NOT NULL
     ) STRICT;",
+    // 7: the K3s role an agent token enrolls ('' allows either).
+    "ALTER TABLE tokens ADD COLUMN k3s_role TEXT NOT NULL DEFAULT '';",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,7 @@ pub(crate) fn create_pki_for(dir: &Path, coordinator_sans: &[String]) -> anyhow:
     let admin = ca.issue_client(&ClientCertRequest {
         name: "lab-admin".into(),
         role: Role::Admin,
+        k3s_role: None,
         validity: Duration::from_secs(24 * 3600),
     })?;
     k3sfleet_pki::write_public_file(&dir.join("admin.crt"), &admin.cert_pem, true)?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use k3sfleet_pki::{ClientCertRequest, FleetCa, Role};
+use k3sfleet_pki::{ClientCertRequest, FleetCa, K3sRole, Role};
 use k3sfleet_standin::real::{K3sLayout, RealHostConfig};
 use k3sfleet_standin::{Distro, HostToml, K3sBehaviour, StandinHost, k3s_binary};
 use nix::sys::signal::{Signal, kill};
@@ -261,6 +261,11 @@ pub fn start_agent(
     let issued = ca.issue_client(&ClientCertRequest {
         name: name.clone(),
         role: Role::Agent,
+        k3s_role: Some(if server {
+            K3sRole::Server
+        } else {
+            K3sRole::Agent
+        }),
         validity: Duration::from_secs(24 * 3600),
     })?;
     k3sfleet_pki::write_public_file(&home.join("agent.crt"), &issued.cert_pem, true)?;

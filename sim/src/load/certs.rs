@@ -72,6 +72,7 @@ fn issue_one(ca: &FleetCa, name: &str, validity: Duration) -> anyhow::Result<Age
         .issue_client(&ClientCertRequest {
             name: name.to_string(),
             role: Role::Agent,
+            k3s_role: None,
             validity,
         })
         .with_context(|| format!("issuing the certificate of {name}"))?;
