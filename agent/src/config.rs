@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k3sfleet_daemon::config::{self, ConfigError};
+use k3sfleet_daemon::metrics_http::MetricsTls;
 use serde::Deserialize;
 
 use crate::host::HostConfig;
@@ -88,6 +89,10 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Serve over HTTPS, optionally only to scrapers with a client
+    /// certificate; plain HTTP without this section.
+    #[serde(default)]
+    pub tls: Option<MetricsTls>,
 }
 
 impl Default for MetricsConfig {
@@ -95,6 +100,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: default_metrics_listen(),
             enabled: true,
+            tls: None,
         }
     }
 }

@@ -240,15 +240,21 @@ async fn serve_metrics(
     std::fs::write(&tmp, format!("{address}\n"))
         .and_then(|()| std::fs::rename(&tmp, &path))
         .with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(%address, "serving metrics");
-    let render = metrics::render_with(move || duties.metrics_text());
-    Ok(tokio::spawn(metrics::serve(
-        listener,
-        render,
-        None,
-        "k3sfleet-agent: metrics at /metrics\n",
-        stop,
-    )))
+    let tls = match &config.metrics.tls {
+        Some(tls) => Some(Arc::new(
+            k3sfleet_pki::metrics_tls(&tls.cert, &tls.key, tls.client_ca.as_deref())
+                .context("loading [metrics.tls]")?,
+        )),
+        None => None,
+    };
+    tracing::info!(%address, https = tls.is_some(), "serving metrics");
+    let endpoint = metrics::Endpoint {
+        render: metrics::render_with(move || duties.metrics_text()),
+        ready: None,
+        banner: "k3sfleet-agent: metrics at /metrics\n",
+        tls,
+    };
+    Ok(tokio::spawn(metrics::serve(listener, endpoint, stop)))
 }
 
 fn enroll(

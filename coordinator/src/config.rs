@@ -34,7 +34,7 @@ pub struct CoordinatorConfig {
     /// RPCs answer FAILED_PRECONDITION.
     #[serde(default)]
     pub kubernetes: Option<KubernetesConfig>,
-    /// Prometheus `/metrics` over plain HTTP; off without this section.
+    /// Prometheus `/metrics` (and `/ready`); off without this section.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
     /// What clients may hold of the accept loop, and how fast callers
@@ -117,6 +117,10 @@ pub struct MetricsConfig {
     /// e.g. "0.0.0.0:9465"; port 0 picks a free one, written to
     /// `<data_dir>/metrics-address`.
     pub listen: SocketAddr,
+    /// Serve over HTTPS, optionally only to scrapers with a client
+    /// certificate; plain HTTP without this section.
+    #[serde(default)]
+    pub tls: Option<k3sfleet_daemon::metrics_http::MetricsTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

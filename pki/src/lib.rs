@@ -14,6 +14,7 @@ mod fingerprint;
 mod identity;
 mod issue;
 mod pinned;
+mod reloading;
 mod role;
 mod tls;
 
@@ -27,8 +28,10 @@ pub use identity::{IdentityError, PeerIdentity};
 pub use issue::{CERT_BACKDATE, csr_for_key, generate_key_and_csr, validate_name};
 pub use issue::{ClientCertRequest, FleetCa, IssueError, IssuedCert, ServerCertRequest};
 pub use pinned::{PinnedCaVerifier, pinned_client_config};
+pub use reloading::ReloadingCertificate;
 pub use role::{K3sRole, K3sRoleError, Role, RoleError};
 pub use tls::{
-    FixedClientCert, TlsError, TlsFiles, certified_key, client_config, client_verifier,
-    platform_client_config, root_store, server_config,
+    CERT_RELOAD_INTERVAL, FixedClientCert, TlsError, TlsFiles, certified_key, client_config,
+    client_verifier, metrics_server_config, metrics_tls, platform_client_config, root_store,
+    server_config,
 };

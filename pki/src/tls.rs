@@ -111,6 +111,48 @@ pub fn server_config(
     config
 }
 
+/// How often a served certificate's files are checked for a renewal.
+pub const CERT_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An HTTPS `/metrics` endpoint's server configuration from its files; the
+/// certificate is read again when they change. Needs a tokio runtime (the
+/// check runs as a task).
+pub fn metrics_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let certificate = crate::ReloadingCertificate::load(cert.to_owned(), key.to_owned())?;
+    certificate.watch(CERT_RELOAD_INTERVAL);
+    metrics_server_config(certificate, client_ca)
+}
+
+/// The server configuration of an HTTPS `/metrics` endpoint: HTTP/1.1, and
+/// with `client_ca` only scrapers presenting a certificate that chains to it
+/// (Prometheus' `tls_config` `cert_file`/`key_file`) complete the handshake.
+pub fn metrics_server_config(
+    certificate: Arc<dyn ResolvesServerCert>,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3");
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            WebPkiClientVerifier::builder_with_provider(root_store(ca)?, provider())
+                .build()
+                .map_err(|source| TlsError::BadRoots {
+                    path: ca.to_owned(),
+                    source: Box::new(source),
+                })?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(certificate);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// A client configuration that trusts `roots` and presents `identity`, if any.
 pub fn client_config(
     roots: Arc<RootCertStore>,

@@ -481,6 +481,26 @@ pub fn active_targets(addr: SocketAddr) -> anyhow::Result<Vec<(String, String, S
         .collect())
 }
 
+/// A real Prometheus with `config` (prometheus.yml's text), its files in
+/// `dir`, listening on a free port of 127.0.0.1; returned once ready.
+pub fn spawn_prometheus(dir: &Path, config: &str) -> anyhow::Result<(Daemon, SocketAddr)> {
+    let addr = local();
+    let config_file = dir.join("prometheus.yml");
+    std::fs::write(&config_file, config)?;
+    let mut command = Command::new("prometheus");
+    command
+        .arg(format!("--config.file={}", config_file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("prometheus-data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg(format!("--web.external-url=http://{addr}/"));
+    let mut daemon = Daemon::spawn("prometheus", command, dir.join("prometheus.log"));
+    wait_ready(&mut daemon, addr, "/-/ready")?;
+    Ok((daemon, addr))
+}
+
 /// Waits until `addr` answers HTTP on `path` with 200.
 pub fn wait_ready(daemon: &mut Daemon, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -575,7 +595,6 @@ impl Stack {
         std::fs::write(&rules_file, &rules)?;
 
         // Prometheus, with the packaged prometheus.yml.
-        let prometheus = local();
         let mut config =
             scrape_config(&packaged("prometheus/prometheus.yml"), &spec.targets, scale)?;
         if let Some(addr) = alertmanagers.get(FROM_PROMETHEUS) {
@@ -584,19 +603,7 @@ impl Stack {
                 "\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{addr}']\n"
             ));
         }
-        let config_file = dir.join("prometheus.yml");
-        std::fs::write(&config_file, config)?;
-        let mut command = Command::new("prometheus");
-        command
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("prometheus-data").display()
-            ))
-            .arg(format!("--web.listen-address={prometheus}"))
-            .arg(format!("--web.external-url=http://{prometheus}/"));
-        let mut daemon = Daemon::spawn("prometheus", command, dir.join("prometheus.log"));
-        wait_ready(&mut daemon, prometheus, "/-/ready")?;
+        let (daemon, prometheus) = spawn_prometheus(dir, &config)?;
         daemons.push(daemon);
 
         // VictoriaMetrics, written to by vmagent with the packaged scrape.yml;

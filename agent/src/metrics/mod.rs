@@ -9,4 +9,4 @@
 mod families;
 
 pub use families::Families;
-pub use k3sfleet_daemon::metrics_http::{CONTENT_TYPE, bind, render_with, serve};
+pub use k3sfleet_daemon::metrics_http::{CONTENT_TYPE, Endpoint, bind, render_with, serve};

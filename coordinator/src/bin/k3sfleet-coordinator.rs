@@ -166,6 +166,12 @@ fn load_for_run(config_path: &std::path::Path) -> anyhow::Result<CoordinatorConf
     let config = CoordinatorConfig::load(config_path)?;
     k3sfleet_pki::root_store(&config.tls.ca)?;
     k3sfleet_pki::certified_key(&config.tls.cert, &config.tls.key)?;
+    if let Some(tls) = config.metrics.as_ref().and_then(|m| m.tls.as_ref()) {
+        k3sfleet_pki::certified_key(&tls.cert, &tls.key).context("[metrics.tls]")?;
+        if let Some(ca) = &tls.client_ca {
+            k3sfleet_pki::root_store(ca).context("[metrics.tls] client_ca")?;
+        }
+    }
     Ok(config)
 }
 

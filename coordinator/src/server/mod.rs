@@ -33,11 +33,9 @@ use crate::rollout::fleet_link::FleetLink;
 use crate::rollout::{EngineSettings, HttpAlerts, Parts, RolloutEngine};
 use crate::store::{Store, StoreError};
 
+pub use k3sfleet_pki::ReloadingCertificate;
 pub use readiness::Readiness;
-pub use tls::ReloadingCertificate;
 
-/// How often the server certificate files are checked for replacement.
-const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Streams still open this long after shutdown began are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The rollout engine turns every second (EngineSettings::tick) but may wait
@@ -245,7 +243,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<Running, StartError> {
                 }
             }
         }),
-        certificate.watch(CERT_RELOAD_INTERVAL),
+        certificate.watch(k3sfleet_pki::CERT_RELOAD_INTERVAL),
         spawn_report_flusher(
             fleet.clone(),
             flush_every,
@@ -325,7 +323,15 @@ async fn serve_metrics(
     std::fs::write(&tmp, format!("{address}\n"))
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|source| StartError::MetricsAddress { path, source })?;
-    tracing::info!(%address, "serving metrics");
+    let tls = match &config.tls {
+        Some(tls) => Some(Arc::new(k3sfleet_pki::metrics_tls(
+            &tls.cert,
+            &tls.key,
+            tls.client_ca.as_deref(),
+        )?)),
+        None => None,
+    };
+    tracing::info!(%address, https = tls.is_some(), "serving metrics");
     let render: metrics_http::Render = Arc::new(move || {
         let (fleet, rollouts) = (fleet.clone(), rollouts.clone());
         Box::pin(
@@ -340,13 +346,13 @@ async fn serve_metrics(
             Err(problems)
         }
     });
-    Ok(tokio::spawn(metrics_http::serve(
-        listener,
+    let endpoint = metrics_http::Endpoint {
         render,
-        Some(ready),
-        "k3sfleet-coordinator: metrics at /metrics\n",
-        stop,
-    )))
+        ready: Some(ready),
+        banner: "k3sfleet-coordinator: metrics at /metrics\n",
+        tls,
+    };
+    Ok(tokio::spawn(metrics_http::serve(listener, endpoint, stop)))
 }
 
 /// The drain engine, when the config gives Kubernetes access; rollouts and
