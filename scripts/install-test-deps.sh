@@ -22,6 +22,7 @@ APT_PACKAGES=(
     strace                     # holds the agent at each point of a binary swap (booted-k3s.sh)
     jq
     minisign                   # checks what `k3sfleet release sign` signed (tests/tests/release_signing.rs)
+    g++                        # libFuzzer, built by cargo-fuzz (scripts/fuzz.sh)
 )
 
 missing=()
@@ -43,6 +44,8 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# Fuzzing (scripts/fuzz.sh); its libFuzzer is C++, built by the cc crate.
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.1
 # Package builders for scripts/package.sh (~6 and ~8 min to compile on 2 busy cores, once).
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version 3.8.0
 command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm --version 0.21.1

@@ -41,7 +41,8 @@ fn parse_line(line: &str) -> Option<Mount> {
     })
 }
 
-/// Undoes the kernel's octal escapes (`\040` is a space).
+/// Undoes the kernel's octal escapes (`\040` is a space). Only `\000` to
+/// `\377` are escapes (one byte each); anything else is kept as it is.
 fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -49,7 +50,8 @@ fn unescape(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
+            && (b'0'..=b'3').contains(&bytes[i + 1])
+            && bytes[i + 2..i + 4]
                 .iter()
                 .all(|b| (b'0'..=b'7').contains(b))
         {
@@ -93,6 +95,15 @@ mod tests {
 43 22 8:49 / /var/lib/rancher rw shared:31 - ext4 /dev/sdd1 ro
 malformed line
 ";
+
+    #[test]
+    fn only_escapes_of_one_byte_are_undone() {
+        // Found by fuzzing (fuzz/fuzz_targets/mountinfo.rs): `\643` overflowed.
+        assert_eq!(unescape("/mnt/\\643space"), "/mnt/\\643space");
+        assert_eq!(unescape("/mnt/a\\134b"), "/mnt/a\\b");
+        assert_eq!(unescape("/mnt/\\377"), "/mnt/\u{fffd}");
+        assert_eq!(unescape("/mnt/\\04"), "/mnt/\\04", "too short");
+    }
 
     #[test]
     fn parses_fields_and_escapes() {
