@@ -325,10 +325,15 @@ impl Drain<'_> {
                         .unwrap_or_default();
                     format!("{message} {}", self.longhorn_waits_for(&node).await)
                 }
-                Some(budget) => match budget.earlier_evictions() {
-                    Some(held) => format!("{message}; {held}"),
-                    None => message,
-                },
+                Some(budget) => {
+                    match budget
+                        .earlier_evictions()
+                        .or_else(|| budget.status_behind())
+                    {
+                        Some(why) => format!("{message}; {why}"),
+                        None => message,
+                    }
+                }
                 None => message,
             };
             self.set_state(

@@ -99,6 +99,30 @@ impl PdbView {
         ))
     }
 
+    /// Why a refusal came although the budget has room, with no earlier
+    /// eviction held: its status lags the pods (Kubernetes' disruption
+    /// controller recomputes it after a replacement turns Ready), or it was
+    /// recomputed right after the refusal. The next attempt will do.
+    pub fn status_behind(&self) -> Option<String> {
+        if !self.disrupted.is_empty() {
+            return None;
+        }
+        if self.disruptions_allowed > 0 {
+            return Some(format!(
+                "the budget allows {} now: the disruption controller was behind when the eviction \
+                 was asked",
+                self.disruptions_allowed
+            ));
+        }
+        (self.current_healthy > self.desired_healthy).then(|| {
+            format!(
+                "the budget counts {} healthy of the {} it wants but allows no disruption yet: \
+                 the disruption controller is behind",
+                self.current_healthy, self.desired_healthy
+            )
+        })
+    }
+
     /// Why this budget can never allow a disruption while every pod it
     /// covers is healthy, and what would fix it; `None` when it can (or
     /// will, by itself: Longhorn lifts its instance managers' budgets).
@@ -421,6 +445,26 @@ pub(crate) mod tests {
         let view = PdbView::new(&longhorn);
         assert!(view.longhorn_instance_manager);
         assert_eq!(view.never_allows(), None);
+    }
+
+    #[test]
+    fn a_budget_whose_status_lags_its_pods_says_so() {
+        let behind = PdbView::new(&pdb("web", "web", 4, 3, 0))
+            .status_behind()
+            .unwrap();
+        assert!(
+            behind.contains("counts 4 healthy of the 3 it wants"),
+            "{behind}"
+        );
+        let caught_up = PdbView::new(&pdb("web", "web", 4, 3, 1))
+            .status_behind()
+            .unwrap();
+        assert!(caught_up.contains("allows 1 now"), "{caught_up}");
+        // At its minimum the budget is right to refuse: nothing to explain.
+        assert_eq!(
+            PdbView::new(&pdb("web", "web", 3, 3, 0)).status_behind(),
+            None
+        );
     }
 
     #[test]

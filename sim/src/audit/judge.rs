@@ -221,6 +221,17 @@ fn judge_disruptions(changes: &[Change], audit: &[AuditRecord], verdict: &mut Ve
         })
         .map(|r| (r.namespace.as_str(), r.user.as_str()))
         .collect();
+    // Evictions the API server admitted, per pod name: it checked the budget
+    // itself. The replay normally sees that as the budget's disruptedPods
+    // entry, but a watch that relisted (the API gone for a while) can miss
+    // the entry's short life; each admitted eviction then stands for one
+    // deletion of that pod that no delete request explains.
+    let mut admitted_evictions: HashMap<(String, String), usize> = HashMap::new();
+    for record in audit.iter().filter(|r| r.is_eviction() && r.succeeded()) {
+        *admitted_evictions
+            .entry((record.namespace.clone(), record.name.clone()))
+            .or_default() += 1;
+    }
     let mut ordered: Vec<&Change> = changes.iter().collect();
     ordered.sort_by_key(|c| c.rv);
     let mut pods: HashMap<String, Pod> = HashMap::new();
@@ -259,6 +270,16 @@ fn judge_disruptions(changes: &[Change], audit: &[AuditRecord], verdict: &mut Ve
                 }
                 let namespace = pod.metadata.namespace.clone().unwrap_or_default();
                 let name = pod.metadata.name.clone().unwrap_or_default();
+                let requested = deleter.contains_key(&(namespace.clone(), name.clone(), change.rv))
+                    || collection_deleter.contains_key(namespace.as_str());
+                let evicted = !requested
+                    && admitted_evictions
+                        .get_mut(&(namespace.clone(), name.clone()))
+                        .is_some_and(|left| {
+                            let had = *left > 0;
+                            *left = left.saturating_sub(1);
+                            had
+                        });
                 for (key, budget) in budgets.iter_mut() {
                     if !covers(&budget.pdb, pod) {
                         continue;
@@ -269,7 +290,7 @@ fn judge_disruptions(changes: &[Change], audit: &[AuditRecord], verdict: &mut Ve
                         .as_ref()
                         .and_then(|s| s.disrupted_pods.as_ref())
                         .is_some_and(|d| d.contains_key(&name));
-                    if admitted {
+                    if admitted || evicted {
                         continue;
                     }
                     let allowed = budget.allowance > 0;
@@ -541,6 +562,40 @@ mod tests {
         assert_eq!(verdict.counts(), (1, 0, 0), "{verdict}");
         assert_eq!(verdict.unbudgeted_disruptions[0].by, "lab-operator");
         assert_eq!(verdict.unbudgeted_disruptions[0].pdb, "shop/web");
+    }
+
+    fn eviction(user: &str, name: &str) -> AuditRecord {
+        AuditRecord {
+            user: user.into(),
+            verb: "create".into(),
+            resource: "pods".into(),
+            subresource: "eviction".into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            code: 201,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_admitted_eviction_stands_for_one_deletion_the_replay_cannot_explain() {
+        // The budget's disruptedPods entry came and went while the watch
+        // relisted: the replay saw the pod go with the budget at 0.
+        let mut changes = three_healthy();
+        changes.push(at(5, pdb(0, &[])));
+        changes.push(at(6, pod("web-b", "b", true, true)));
+        let audit = [eviction(COORDINATOR, "web-b")];
+        assert!(judge(&changes, &audit, COORDINATOR).is_clean());
+        // One eviction explains one deletion, not a later one of the name.
+        changes.push(at(7, pod("web-b", "b2", true, false)));
+        changes.push(at(8, pod("web-b", "b2", true, true)));
+        assert_eq!(judge(&changes, &audit, COORDINATOR).counts().0, 1);
+        // A refused eviction explains nothing.
+        let refused = [AuditRecord {
+            code: 429,
+            ..eviction(COORDINATOR, "web-b")
+        }];
+        assert_eq!(judge(&changes[..6], &refused, COORDINATOR).counts().0, 1);
     }
 
     #[test]
