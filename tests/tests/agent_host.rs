@@ -13,7 +13,7 @@ use k3sfleet_pki::Role;
 use k3sfleet_standin::{
     Distro, HostToml, K3sBehaviour, Mirror, MirrorBehaviour, StandinHost, k3s_binary, write_release,
 };
-use k3sfleet_tests::process::{AgentHome, AgentSpec, free_port};
+use k3sfleet_tests::process::{AgentHome, AgentSpec};
 use k3sfleet_tests::{AgentProcess, Cli, CoordinatorProcess, TestPki, bin, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -497,30 +497,13 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     // A real Prometheus scrapes the agent.
     let prometheus_dir = site.dir.path().join("prometheus");
     std::fs::create_dir_all(&prometheus_dir).unwrap();
-    let config = prometheus_dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let (mut prometheus, web) = k3sfleet_tests::monitoring::spawn_prometheus(
+        &prometheus_dir,
+        &format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: k3sfleet-agent\n    static_configs:\n      - targets: ['{address}']\n"
         ),
     )
     .unwrap();
-    let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut prometheus = k3sfleet_tests::process::Daemon::spawn(
-        "prometheus",
-        {
-            let mut command = Command::new("prometheus");
-            command
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    prometheus_dir.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={web}"));
-            command
-        },
-        prometheus_dir.join("prometheus.log"),
-    );
     wait_until(
         "Prometheus to scrape the agent successfully",
         TIMEOUT,

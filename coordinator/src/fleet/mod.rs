@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use k3sfleet_pki::K3sRole;
 use k3sfleet_proto::v1::{
     Command, CommandEvent, CommandProgress, CommandResult, Connectivity, CoordinatorMessage,
     HealthReport, Hello, NodeDetail, NodeRole, NodeSummary, command_event, coordinator_message,
@@ -113,17 +114,11 @@ impl Fleet {
             state.nodes.insert(
                 record.name.clone(),
                 LiveNode {
-                    role: record.role,
-                    role_bound: false,
-                    boot_ids: Default::default(),
-                    identity_warning: None,
-                    first_seen_ms: record.first_seen_ms,
                     last_seen_ms: record.last_seen_ms,
                     hello: record.last_hello,
                     report: record.last_report,
                     report_ms: record.last_report_ms,
-                    session: None,
-                    pending: HashMap::new(),
+                    ..LiveNode::new(record.role, record.first_seen_ms)
                 },
             );
         }
@@ -175,19 +170,7 @@ impl Fleet {
             let node = state
                 .nodes
                 .entry(hello.node_name.clone())
-                .or_insert_with(|| LiveNode {
-                    role: hello.role,
-                    role_bound: false,
-                    boot_ids: Default::default(),
-                    identity_warning: None,
-                    first_seen_ms: now_ms,
-                    last_seen_ms: now_ms,
-                    hello: None,
-                    report: None,
-                    report_ms: None,
-                    session: None,
-                    pending: HashMap::new(),
-                });
+                .or_insert_with(|| LiveNode::new(hello.role, now_ms));
             let problems = identity_problems(node, &hello, bound_role);
             node.role = bound_role.map_or(hello.role, |role| role as i32);
             node.role_bound = bound_role.is_some();
@@ -513,6 +496,23 @@ fn command_message(command: &Command) -> CoordinatorMessage {
 }
 
 impl LiveNode {
+    /// A node first seen at `first_seen_ms`, with nothing heard from it yet.
+    fn new(role: i32, first_seen_ms: i64) -> LiveNode {
+        LiveNode {
+            role,
+            role_bound: false,
+            boot_ids: Default::default(),
+            identity_warning: None,
+            first_seen_ms,
+            last_seen_ms: first_seen_ms,
+            hello: None,
+            report: None,
+            report_ms: None,
+            session: None,
+            pending: HashMap::new(),
+        }
+    }
+
     fn last_heard_ms(&self) -> i64 {
         self.report_ms.unwrap_or(0).max(self.last_seen_ms)
     }
@@ -564,8 +564,8 @@ fn identity_problems(node: &LiveNode, hello: &Hello, bound_role: Option<NodeRole
     {
         problems.push(format!(
             "its hello says it is a K3s {} but its certificate is bound to {}; the certificate counts",
-            role_word(declared),
-            role_word(bound)
+            role_word(declared as i32),
+            role_word(bound as i32)
         ));
     }
     let returned = node.boot_ids.back() != Some(&hello.boot_id)
@@ -579,12 +579,8 @@ fn identity_problems(node: &LiveNode, hello: &Hello, bound_role: Option<NodeRole
     problems
 }
 
-fn role_word(role: NodeRole) -> &'static str {
-    match role {
-        NodeRole::Server => "server",
-        NodeRole::Agent => "agent",
-        NodeRole::Unspecified => "(unspecified)",
-    }
+fn role_word(role: i32) -> &'static str {
+    K3sRole::from_proto(role).map_or("(unspecified)", K3sRole::as_str)
 }
 
 #[cfg(test)]
