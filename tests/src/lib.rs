@@ -12,6 +12,7 @@ pub mod process;
 pub mod real;
 pub mod rollout;
 pub mod small_disk;
+pub mod stateful;
 pub mod tailnet;
 pub mod wait;
 

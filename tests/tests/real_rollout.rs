@@ -1,7 +1,8 @@
 //! The demo fleet's rolling upgrade on the real tier: 3 K3s servers running a
 //! real three-member etcd cluster and the upstream control plane, 15 agents,
 //! KWOK kubelets, the shop's Deployments, StatefulSets, DaemonSets, bare
-//! pods and PodDisruptionBudgets applied as manifests; the real disruption
+//! pods and PodDisruptionBudgets applied as manifests, the simulated
+//! Longhorn's volumes served by the real API servers; the real disruption
 //! controller keeps budget status, the real ReplicaSet and StatefulSet
 //! controllers replace evicted pods, the real scheduler places them. The
 //! auditor, not the coordinator, says whether a budget was broken.
@@ -93,6 +94,17 @@ async fn the_demo_fleet_upgrades_on_the_real_control_plane_servers_first_without
     // The etcd cluster came through whole.
     assert_eq!(healthy_members(&lab, "server-1").len(), 3);
 
+    // The demo fleet's Longhorn (the simulated one, on the real API servers): no volume
+    // ever went without a healthy replica, and the replicas the drains took were rebuilt.
+    let longhorn = lab.longhorn_stats().expect("the demo fleet runs Longhorn");
+    assert!(longhorn.violations.is_empty(), "{longhorn:?}");
+    assert!(!longhorn.lowest_healthy.is_empty(), "{longhorn:?}");
+    assert!(
+        longhorn.lowest_healthy.values().all(|&n| n >= 1),
+        "{longhorn:?}"
+    );
+    assert!(longhorn.rebuilds > 0, "{longhorn:?}");
+
     let verdict = assert_audit_clean(&lab);
     let audit = cli(&lab, &["audit", "--node", "server-2", "--limit", "200"]);
     for step in ["snapshot", "cordon", "drain", "install", "uncordon"] {
@@ -103,11 +115,14 @@ async fn the_demo_fleet_upgrades_on_the_real_control_plane_servers_first_without
     }
     println!(
         "real tier: the demo fleet (3 servers, 15 workers) upgraded in {:.1}s, {} waves; \
-         evictions by the coordinator: {} admitted, {} refused with 429",
+         evictions by the coordinator: {} admitted, {} refused with 429; Longhorn rebuilt {} \
+         replicas, the fewest healthy replicas of a volume: {}",
         took.as_secs_f64(),
         status["wavesStarted"],
         verdict.evictions_by(COORDINATOR_USER, 201),
         verdict.evictions_by(COORDINATOR_USER, 429),
+        longhorn.rebuilds,
+        longhorn.lowest_healthy.values().min().unwrap_or(&0),
     );
     lab.shutdown().await;
 }

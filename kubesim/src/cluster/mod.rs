@@ -15,7 +15,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-pub use stats::{Stats, Violation};
+pub use stats::{LonghornStats, Stats, Violation};
 
 use crate::controllers::SimState;
 use crate::scenario::Timings;

@@ -45,7 +45,27 @@ pub struct Stats {
     pub longhorn_rebuilds: u64,
 }
 
+/// What the simulated Longhorn judged: kubesim's own, or a [`crate::longhorn::Mirror`]'s on
+/// another cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LonghornStats {
+    /// Volumes that fell to no healthy replica.
+    pub violations: Vec<crate::longhorn::LonghornViolation>,
+    /// The fewest healthy replicas each volume had at any moment.
+    pub lowest_healthy: BTreeMap<String, u64>,
+    /// Replicas rebuilt (in place or elsewhere).
+    pub rebuilds: u64,
+}
+
 impl Stats {
+    pub fn longhorn(&self) -> LonghornStats {
+        LonghornStats {
+            violations: self.longhorn_violations.clone(),
+            lowest_healthy: self.longhorn_lowest_healthy.clone(),
+            rebuilds: self.longhorn_rebuilds,
+        }
+    }
+
     pub fn evictions_refused_total(&self) -> u64 {
         self.evictions_refused.values().sum()
     }

@@ -297,3 +297,48 @@ impl TableRow for Setting {
         ]
     }
 }
+
+/// The CustomResourceDefinitions that serve these kinds on a real API server: the names,
+/// scope and status subresources Longhorn's own (deploy/longhorn.yaml) have, with a schema
+/// that keeps every field, as kubesim does.
+pub fn custom_resource_definitions() -> Vec<Value> {
+    vec![
+        definition::<Volume>(),
+        definition::<Replica>(),
+        definition::<LonghornNode>(),
+        definition::<Setting>(),
+    ]
+}
+
+fn definition<K: Kind>() -> Value {
+    let plural = K::URL_PATH_SEGMENT;
+    let mut version = json!({
+        "name": VERSION,
+        "served": true,
+        "storage": true,
+        "schema": {"openAPIV3Schema": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true
+        }}
+    });
+    if K::HAS_STATUS {
+        version["subresources"] = json!({"status": {}});
+    }
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.{GROUP}")},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "plural": plural,
+                "singular": K::SINGULAR,
+                "kind": K::KIND,
+                "shortNames": K::SHORT_NAMES,
+                "categories": K::CATEGORIES
+            },
+            "versions": [version]
+        }
+    })
+}

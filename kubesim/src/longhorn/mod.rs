@@ -16,6 +16,7 @@
 
 mod install;
 pub mod kinds;
+pub mod mirror;
 pub mod pdb;
 mod replicas;
 
@@ -28,7 +29,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 pub use install::install;
-pub use kinds::{LonghornNode, Replica, Setting, Stores, Volume};
+pub use kinds::{LonghornNode, Replica, Setting, Stores, Volume, custom_resource_definitions};
+pub use mirror::Mirror;
 
 use crate::cluster::Cluster;
 use crate::cluster::pods::{is_ready, is_terminating, node_name};

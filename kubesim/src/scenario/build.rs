@@ -26,8 +26,9 @@ use crate::time::Now;
 /// Annotation the kubelet puts on mirror pods of static pods.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
-    let config = ClusterConfig {
+/// The settings a cluster built from `scenario` keeps for its life.
+pub(crate) fn cluster_config(scenario: &Scenario) -> ClusterConfig {
+    ClusterConfig {
         kubernetes_version: scenario.cluster.kubernetes_version.clone(),
         timings: scenario.timings.clone(),
         scale: scenario.time_scale(),
@@ -40,8 +41,11 @@ pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
                 rebuild_seconds: l.rebuild_seconds,
                 replenishment_wait: l.replica_replenishment_wait_interval,
             }),
-    };
-    let mut cluster = Cluster::new(config, scenario.cluster.seed);
+    }
+}
+
+pub fn build_cluster(scenario: &Scenario, now: &Now) -> Cluster {
+    let mut cluster = Cluster::new(cluster_config(scenario), scenario.cluster.seed);
     cluster.sim.bootstrapping = true;
     // Validation guarantees names are unique and references resolve, so creation cannot fail;
     // a failure here is a bug worth a loud log rather than a half-built cluster silently.

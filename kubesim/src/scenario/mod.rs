@@ -32,7 +32,7 @@
 //! See `kubesim/scenarios/demo.toml` for every section (statefulsets, daemonsets, bare pods,
 //! mirror pods, emptyDir, taints, node selectors).
 
-mod build;
+pub(crate) mod build;
 pub mod manifests;
 mod validate;
 

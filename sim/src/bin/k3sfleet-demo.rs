@@ -6,9 +6,9 @@
 //! KWOK kubelets (root; scripts/build-testbed.sh). Then the coordinator and
 //! 18 real agents on stand-in hosts; shows the plan, runs the upgrade with
 //! the live view, and ends with the summary and the PDB violations counted
-//! by the cluster (kubesim) or by the independent auditor (real tier). On
-//! kubesim the fleet runs Longhorn, whose simulated controller reports the
-//! rebuilds and whether any volume was left without a healthy replica.
+//! by the cluster (kubesim) or by the independent auditor (real tier). The
+//! fleet runs the simulated Longhorn on both tiers; its controller reports
+//! the rebuilds and whether any volume was left without a healthy replica.
 //! Options after `--` are added to `k3sfleet upgrade start`.
 
 use std::process::ExitCode;
@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .args([&["upgrade", "start"][..], &options[..], &["--watch"][..]].concat())
         .status()?;
 
-    let violations = if lab.is_real() {
+    let budget_violations = if lab.is_real() {
         let verdict = lab.real().auditor().verdict();
         println!(
             "\nThe API servers' audit logs: {} evictions by the coordinator, {} refused with 429 by a \
@@ -129,23 +129,20 @@ async fn main() -> anyhow::Result<ExitCode> {
              {} replacement pods, and {} PDB violations.",
             stats.evictions_accepted, stats.pods_recreated, stats.pdb_violations
         );
-        if !stats.longhorn_lowest_healthy.is_empty() {
-            let fewest = stats
-                .longhorn_lowest_healthy
-                .values()
-                .min()
-                .copied()
-                .unwrap_or(0);
-            println!(
-                "The simulated Longhorn rebuilt {} replicas of {} volumes; the fewest healthy replicas \
-                 any volume had at any moment: {fewest}; volumes left without a healthy replica: {}.",
-                stats.longhorn_rebuilds,
-                stats.longhorn_lowest_healthy.len(),
-                stats.longhorn_violations.len()
-            );
-        }
-        stats.pdb_violations as usize + stats.longhorn_violations.len()
+        stats.pdb_violations as usize
     };
+    let mut violations = budget_violations;
+    if let Some(longhorn) = lab.longhorn_stats() {
+        let fewest = longhorn.lowest_healthy.values().min().copied().unwrap_or(0);
+        println!(
+            "The simulated Longhorn rebuilt {} replicas of {} volumes; the fewest healthy replicas \
+             any volume had at any moment: {fewest}; volumes left without a healthy replica: {}.",
+            longhorn.rebuilds,
+            longhorn.lowest_healthy.len(),
+            longhorn.violations.len()
+        );
+        violations += longhorn.violations.len();
+    }
     let cordoned = lab.cordoned_nodes();
     println!(
         "Nodes still cordoned: {}. Logs and state: {}",

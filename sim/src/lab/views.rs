@@ -1,6 +1,7 @@
 //! What tests ask of the lab's cluster, the same way on both tiers: kubesim
 //! answers from its state, the real tier through its API and its auditor.
 
+use k3sfleet_kubesim::cluster::LonghornStats;
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 use super::{Cluster, Lab};
@@ -93,6 +94,20 @@ impl Lab {
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(node))
             .is_some_and(super::real::node_ready))
+    }
+
+    /// What the simulated Longhorn judged so far (kubesim's own, or the real tier's
+    /// controller); `None` when the scenario has no Longhorn.
+    pub fn longhorn_stats(&self) -> Option<LonghornStats> {
+        match self.cluster() {
+            Cluster::KubeSim(kubesim) => self
+                .spec
+                .scenario
+                .longhorn
+                .as_ref()
+                .map(|_| kubesim.stats().longhorn()),
+            Cluster::Real(real) => real.longhorn().map(|longhorn| longhorn.stats()),
+        }
     }
 
     /// The verdict on everything the cluster went through so far.

@@ -18,6 +18,7 @@
 //! (`$KUBECTL_CURRENT`, default .cache/tools/kubectl-current/kubectl).
 
 pub mod balancer;
+pub mod longhorn;
 mod manifests;
 pub mod pki;
 mod rbac;
@@ -38,6 +39,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
 
+use self::longhorn::RealLonghorn;
 pub use self::manifests::{render_yaml, write_manifests};
 use self::pki::ClusterPki;
 pub use self::rbac::COORDINATOR_RBAC;
@@ -167,6 +169,7 @@ pub struct RealCluster {
     observer: NetHost,
     pki: ClusterPki,
     auditor: Option<Auditor>,
+    longhorn: Option<RealLonghorn>,
     balancer: Process,
     client: Option<kube::Client>,
     /// Last: the tunnels and watchers run on it.
@@ -341,6 +344,7 @@ impl RealCluster {
             observer,
             pki,
             auditor: None,
+            longhorn: None,
             balancer,
             client: None,
             runtime: Some(runtime),
@@ -393,6 +397,16 @@ impl RealCluster {
             started.elapsed().as_secs_f64()
         );
 
+        cluster.longhorn = cluster.run(RealLonghorn::start(cluster.client(), scenario.clone()))?;
+        if let Some(longhorn) = &cluster.longhorn {
+            longhorn.wait_settled(Duration::from_secs(120))?;
+            eprintln!(
+                "real cluster: the simulated Longhorn's instance managers and budgets up after \
+                 {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+
         let auditor_client = cluster.run(client_from(auditor_kubeconfig))?;
         let logs = cluster
             .servers
@@ -436,6 +450,11 @@ impl RealCluster {
     /// The lab's own (admin) client, for looking at the cluster.
     pub fn client(&self) -> kube::Client {
         self.client.clone().expect("set once the API answered")
+    }
+
+    /// The simulated Longhorn, when the scenario has one.
+    pub fn longhorn(&self) -> Option<&RealLonghorn> {
+        self.longhorn.as_ref()
     }
 
     pub fn auditor(&self) -> &Auditor {
@@ -533,6 +552,7 @@ impl RealCluster {
 impl Drop for RealCluster {
     fn drop(&mut self) {
         self.auditor = None;
+        self.longhorn = None;
         self.client = None;
         self.balancer.kill();
         if let Some(runtime) = self.runtime.take() {
