@@ -188,8 +188,6 @@ fn api(client: &kube::Client, resource: &ResourceRef, namespace: &str) -> Api<Dy
 
 /// Makes one of the controller's writes on the real API server.
 async fn send(client: &kube::Client, change: &Change) -> anyhow::Result<()> {
-    let merge = |patch: &Value| Patch::Merge(patch.clone());
-    let params = PatchParams::default();
     match change {
         Change::Create {
             resource,
@@ -210,9 +208,7 @@ async fn send(client: &kube::Client, change: &Change) -> anyhow::Result<()> {
                 }
             }
             if let Some(status) = status {
-                api.patch_status(name, &params, &merge(&json!({ "status": status })))
-                    .await
-                    .with_context(|| format!("writing the status of {} {name}", resource.kind))?;
+                write_status(&api, resource, name, &json!({ "status": status })).await?;
             }
         }
         Change::Patch {
@@ -224,14 +220,12 @@ async fn send(client: &kube::Client, change: &Change) -> anyhow::Result<()> {
         } => {
             let api = api(client, resource, namespace);
             if let Some(main) = main {
-                api.patch(name, &params, &merge(main))
+                api.patch(name, &PatchParams::default(), &Patch::Merge(main))
                     .await
                     .with_context(|| format!("patching {} {namespace}/{name}", resource.kind))?;
             }
             if let Some(status) = status {
-                api.patch_status(name, &params, &merge(status))
-                    .await
-                    .with_context(|| format!("writing the status of {} {name}", resource.kind))?;
+                write_status(&api, resource, name, status).await?;
             }
         }
         Change::Delete {
@@ -252,6 +246,19 @@ async fn send(client: &kube::Client, change: &Change) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// A merge patch through the status subresource.
+async fn write_status(
+    api: &Api<DynamicObject>,
+    resource: &ResourceRef,
+    name: &str,
+    patch: &Value,
+) -> anyhow::Result<()> {
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .with_context(|| format!("writing the status of {} {name}", resource.kind))?;
     Ok(())
 }
 
